@@ -1,0 +1,29 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="modeling-lmd",
+    version="0.1.0",
+    description="LMD (Latent Masking Diffusion): masked-latent image pre-training on a frozen diffusers VAE, Hugging Face native.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["modeling_lmd", "modeling_lmd.*"]),
+    include_package_data=True,
+    package_data={"modeling_lmd": ["pretrained/*/*", "model_card_template.md"]},
+    python_requires=">=3.10",
+    install_requires=[
+        "torch",
+        "transformers>=5",
+        "diffusers",
+        "accelerate",
+        "datasets",
+        "safetensors",
+        "huggingface_hub",
+        "pillow",
+        "numpy",
+    ],
+    extras_require={
+        # Sources of the offline demo photographs (they ship inside these packages).
+        "demo": ["scikit-image", "scikit-learn", "matplotlib"],
+        "test": ["pytest", "scikit-image", "scikit-learn", "matplotlib", "tensorboard"],
+    },
+)
