@@ -1,0 +1,258 @@
+"""LMD model configuration."""
+
+import copy
+from typing import Any
+
+from transformers import PreTrainedConfig
+
+from .mask_schedulers import check_mask_schedule
+
+
+VAE_TYPES = ("AutoencoderKL", "VQModel", "AutoencoderTiny")
+
+# Stable Diffusion v1's KL-f8 autoencoder (the VAE of the paper, also stabilityai/sd-vae-ft-mse):
+# 4 latent channels, 8x downsampling, so 224 px images become 4 x 28 x 28 latents.
+SD_KL_F8_VAE_CONFIG = {
+    "act_fn": "silu",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "sample_size": 256,
+    "scaling_factor": 0.18215,
+}
+
+# A few-kilobyte KL-f4 autoencoder for tests and smoke runs: random weights, 4 latent channels.
+TINY_KL_F4_VAE_CONFIG = {
+    "act_fn": "silu",
+    "block_out_channels": [8, 16, 16],
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "in_channels": 3,
+    "out_channels": 3,
+    "latent_channels": 4,
+    "layers_per_block": 1,
+    "norm_num_groups": 4,
+    "sample_size": 32,
+    "scaling_factor": 1.0,
+}
+
+_VIT_BASE_ENCODER = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072}
+_MAE_DECODER = {
+    "decoder_hidden_size": 512,
+    "decoder_num_hidden_layers": 8,
+    "decoder_num_attention_heads": 16,
+    "decoder_intermediate_size": 2048,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The paper's setting: ViT-B on 4 x 28 x 28 SD latents, latent patch 4 -> 49 tokens.
+    "lmd-base": {
+        "vae_type": "AutoencoderKL",
+        "vae_config": SD_KL_F8_VAE_CONFIG,
+        "image_size": 224,
+        "patch_size": 4,
+        **_VIT_BASE_ENCODER,
+        **_MAE_DECODER,
+    },
+    # ViT-L encoder with the same decoder.
+    "lmd-large": {
+        "vae_type": "AutoencoderKL",
+        "vae_config": SD_KL_F8_VAE_CONFIG,
+        "image_size": 224,
+        "patch_size": 4,
+        "hidden_size": 1024,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+        "intermediate_size": 4096,
+        **_MAE_DECODER,
+    },
+    # CPU-sized: a ViT-S-like encoder for 64 px images on an f4 VAE (16 x 16 latents, patch 2 -> 64 tokens).
+    "lmd-small": {
+        "vae_type": "AutoencoderKL",
+        "vae_config": TINY_KL_F4_VAE_CONFIG,
+        "image_size": 64,
+        "patch_size": 2,
+        "hidden_size": 192,
+        "num_hidden_layers": 6,
+        "num_attention_heads": 3,
+        "intermediate_size": 768,
+        "decoder_hidden_size": 128,
+        "decoder_num_hidden_layers": 2,
+        "decoder_num_attention_heads": 4,
+        "decoder_intermediate_size": 512,
+    },
+    # Tests: 32 px images, 8 x 8 latents, patch 2 -> 16 tokens; a few thousand parameters.
+    "lmd-tiny": {
+        "vae_type": "AutoencoderKL",
+        "vae_config": TINY_KL_F4_VAE_CONFIG,
+        "image_size": 32,
+        "patch_size": 2,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "intermediate_size": 64,
+        "decoder_hidden_size": 32,
+        "decoder_num_hidden_layers": 1,
+        "decoder_num_attention_heads": 4,
+        "decoder_intermediate_size": 64,
+    },
+}
+
+
+def vae_downsampling_factor(vae_type: str, vae_config: dict) -> int:
+    """Spatial reduction of a diffusers VAE: one stride-2 stage between consecutive blocks."""
+    if vae_type == "AutoencoderTiny":
+        num_blocks = len(vae_config.get("encoder_block_out_channels", (64, 64, 64, 64)))
+    else:
+        num_blocks = len(vae_config.get("block_out_channels", (64,)))
+    return 2 ** (num_blocks - 1)
+
+
+def vae_latent_channels(vae_type: str, vae_config: dict) -> int:
+    """Channels of the latents LMD works on (VQModel: the quantized embedding width)."""
+    if vae_type == "VQModel" and vae_config.get("vq_embed_dim") is not None:
+        return int(vae_config["vq_embed_dim"])
+    return int(vae_config.get("latent_channels", 4))
+
+
+class LMDConfig(PreTrainedConfig):
+    r"""
+    Configuration of an [`LMDModel`]: a frozen diffusers VAE that maps images to latents, and an MAE-style
+    masked ViT (encoder + decoder) that reconstructs masked latent patches.
+
+    Args:
+        vae_type (`str`, defaults to `"AutoencoderKL"`):
+            Diffusers class of the VAE: `"AutoencoderKL"`, `"VQModel"` or `"AutoencoderTiny"`.
+        vae_config (`dict`, *optional*):
+            The config diffusers stores for that VAE (its `config.json`). Defaults to Stable Diffusion's KL-f8.
+        image_size (`int`, defaults to 224):
+            Side of the (square) input images in pixels.
+        patch_size (`int`, defaults to 4):
+            Side of a patch on the latent grid; it must divide the latent size.
+        hidden_size, num_hidden_layers, num_attention_heads, intermediate_size:
+            Width, depth, heads and MLP width of the ViT encoder (ViT-B by default).
+        decoder_hidden_size, decoder_num_hidden_layers, decoder_num_attention_heads, decoder_intermediate_size:
+            The same for the lightweight decoder (512 / 8 / 16 / 2048 by default).
+        layer_norm_eps (`float`, defaults to 1e-6), qkv_bias (`bool`, defaults to `True`),
+        hidden_act (`str`, defaults to `"gelu"`), initializer_range (`float`, defaults to 0.02).
+        norm_latent_loss (`bool`, defaults to `False`):
+            Normalise each target patch by its own mean and variance (MAE's `norm_pix_loss`). Off by default so
+            predictions stay in absolute latent units and can be decoded.
+        mask_ratio (`float`, defaults to 0.75):
+            Ratio of hidden patches at evaluation and inference.
+        mask_schedule (`str`, defaults to `"cosine"`):
+            Training schedule of the ratio: `"uniform"`, `"piecewise"`, `"cosine"` or `"constant"`.
+        mask_ratio_start (`float`, defaults to 0.15), mask_ratio_end (`float`, defaults to 0.75):
+            The ratios the schedule starts from and ends at.
+
+    Derived (read-only) properties: `latent_channels`, `latent_size`, `num_patches`, `vae_downsampling_factor`.
+
+    Example:
+
+    ```python
+    >>> from modeling_lmd import LMDConfig, LMDModel
+    >>> config = LMDConfig.from_preset("lmd-tiny", mask_schedule="uniform")
+    >>> model = LMDModel(config)
+    ```
+    """
+
+    model_type = "lmd"
+
+    vae_type: str = "AutoencoderKL"
+    vae_config: dict | None = None
+    image_size: int = 224
+    patch_size: int = 4
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    decoder_hidden_size: int = 512
+    decoder_num_hidden_layers: int = 8
+    decoder_num_attention_heads: int = 16
+    decoder_intermediate_size: int = 2048
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-6
+    qkv_bias: bool = True
+    initializer_range: float = 0.02
+    norm_latent_loss: bool = False
+    mask_ratio: float = 0.75
+    mask_schedule: str = "cosine"
+    mask_ratio_start: float = 0.15
+    mask_ratio_end: float = 0.75
+
+    def __post_init__(self, **kwargs):
+        if self.vae_config is None:
+            self.vae_config = copy.deepcopy(SD_KL_F8_VAE_CONFIG)
+        else:
+            # Keep only what the VAE constructor takes; diffusers' bookkeeping keys ("_class_name", ...) go.
+            self.vae_config = {k: v for k, v in dict(self.vae_config).items() if not k.startswith("_")}
+        super().__post_init__(**kwargs)
+        self.validate_lmd()
+
+    def validate_lmd(self) -> None:
+        """Raise `ValueError` naming the offending field, what was expected and what came."""
+        if self.vae_type not in VAE_TYPES:
+            raise ValueError(f"Unknown vae_type {self.vae_type!r}; expected one of {', '.join(VAE_TYPES)}.")
+        check_mask_schedule(self.mask_schedule)
+        for name in ("mask_ratio", "mask_ratio_start", "mask_ratio_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.mask_ratio_start > self.mask_ratio_end:
+            raise ValueError(
+                f"`mask_ratio_start` ({self.mask_ratio_start}) must not exceed `mask_ratio_end` ({self.mask_ratio_end})."
+            )
+        for name in ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "decoder_hidden_size"):
+            if int(getattr(self, name)) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        factor = self.vae_downsampling_factor
+        if self.image_size % factor != 0:
+            raise ValueError(
+                f"`image_size` ({self.image_size}) must be a multiple of the VAE's downsampling factor ({factor})."
+            )
+        if self.latent_size % self.patch_size != 0:
+            raise ValueError(
+                f"`patch_size` ({self.patch_size}) must divide the latent size ({self.latent_size} = image_size "
+                f"{self.image_size} / VAE factor {factor})."
+            )
+        for width, heads, prefix in (
+            (self.hidden_size, self.num_attention_heads, ""),
+            (self.decoder_hidden_size, self.decoder_num_attention_heads, "decoder_"),
+        ):
+            if width % heads != 0:
+                raise ValueError(
+                    f"`{prefix}hidden_size` ({width}) must be divisible by `{prefix}num_attention_heads` ({heads})."
+                )
+        if self.hidden_size % 4 != 0 or self.decoder_hidden_size % 4 != 0:
+            raise ValueError(
+                "2D sin-cos position embeddings need widths divisible by 4, got "
+                f"hidden_size={self.hidden_size}, decoder_hidden_size={self.decoder_hidden_size}."
+            )
+
+    @property
+    def vae_downsampling_factor(self) -> int:
+        return vae_downsampling_factor(self.vae_type, self.vae_config)
+
+    @property
+    def latent_channels(self) -> int:
+        return vae_latent_channels(self.vae_type, self.vae_config)
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // self.vae_downsampling_factor
+
+    @property
+    def num_patches(self) -> int:
+        return (self.latent_size // self.patch_size) ** 2
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "LMDConfig":
+        """Build a named configuration (`lmd-base`, `lmd-large`, `lmd-small`, `lmd-tiny`), with `overrides` on top."""
+        if name not in PRESETS:
+            raise ValueError(f"Unknown preset {name!r}; expected one of {', '.join(PRESETS)}.")
+        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
