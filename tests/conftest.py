@@ -1,0 +1,42 @@
+"""Shared fixtures: tiny configs and checkpoints built locally; nothing is downloaded."""
+
+import os
+
+# Tests never reach the Hub; anything that tries fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from modeling_lmd import LMDConfig, LMDModel  # noqa: E402
+
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture
+def tiny_config() -> LMDConfig:
+    """32 px images, KL-f4 VAE (8 x 8 latents), patch 2 -> 16 tokens."""
+    return LMDConfig.from_preset("lmd-tiny")
+
+
+@pytest.fixture
+def tiny_model(tiny_config) -> LMDModel:
+    torch.manual_seed(0)
+    return LMDModel(tiny_config)
+
+
+@pytest.fixture
+def tiny_checkpoint(tiny_model, tmp_path):
+    """A saved tiny LMD checkpoint folder (config, safetensors and remote code)."""
+    path = tmp_path / "tiny-lmd"
+    tiny_model.save_pretrained(path)
+    return path
+
+
+def random_images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
+    """Pixels in [-1, 1], shape (batch, 3, size, size)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
