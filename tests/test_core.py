@@ -1,0 +1,358 @@
+"""LMDConfig / LMDModel: configuration, masking, loss, the frozen VAE, save/load and remote code."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import random_images
+from diffusers import AutoencoderKL, VQModel
+from safetensors.torch import load_file
+
+from modeling_lmd import LMDConfig, LMDModel
+from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
+
+
+TINY_VQ_F4_VAE_CONFIG = {
+    "block_out_channels": [8, 16, 16],
+    "down_block_types": ["DownEncoderBlock2D"] * 3,
+    "up_block_types": ["UpDecoderBlock2D"] * 3,
+    "latent_channels": 3,
+    "num_vq_embeddings": 32,
+    "norm_num_groups": 4,
+    "layers_per_block": 1,
+    "sample_size": 32,
+    "scaling_factor": 1.0,
+}
+TINY_TAESD_F4_VAE_CONFIG = {
+    "encoder_block_out_channels": [8, 8, 8],
+    "decoder_block_out_channels": [8, 8, 8],
+    "num_encoder_blocks": [1, 1, 1],
+    "num_decoder_blocks": [1, 1, 1],
+    "latent_channels": 4,
+}
+TINY_VAES = {
+    "AutoencoderKL": TINY_KL_F4_VAE_CONFIG,
+    "VQModel": TINY_VQ_F4_VAE_CONFIG,
+    "AutoencoderTiny": TINY_TAESD_F4_VAE_CONFIG,
+}
+
+
+def tiny_model_with(vae_type: str, **overrides) -> LMDModel:
+    torch.manual_seed(0)
+    config = LMDConfig.from_preset("lmd-tiny", vae_type=vae_type, vae_config=TINY_VAES[vae_type], **overrides)
+    return LMDModel(config)
+
+
+def assert_state_dicts_equal(first: dict, second: dict) -> None:
+    assert set(first) == set(second)
+    for key in first:
+        assert torch.equal(first[key], second[key]), key
+
+
+# --- configuration ---------------------------------------------------------------------------------
+
+
+def test_default_config_is_the_papers_setting():
+    config = LMDConfig()
+    assert (config.latent_channels, config.latent_size, config.patch_size, config.num_patches) == (4, 28, 4, 49)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (768, 12, 12)
+    assert (config.decoder_hidden_size, config.decoder_num_hidden_layers, config.decoder_num_attention_heads) == (
+        512,
+        8,
+        16,
+    )
+    assert config.layer_norm_eps == 1e-6 and config.qkv_bias and config.mask_schedule == "cosine"
+    assert config.vae_config["scaling_factor"] == 0.18215
+
+
+def test_presets_and_overrides():
+    assert LMDConfig.from_preset("lmd-base").to_dict() == LMDConfig().to_dict()
+    large = LMDConfig.from_preset("lmd-large", mask_schedule="piecewise")
+    assert (large.hidden_size, large.num_hidden_layers, large.mask_schedule) == (1024, 24, "piecewise")
+    small = LMDConfig.from_preset("lmd-small")
+    assert (small.latent_size, small.num_patches) == (16, 64)
+    with pytest.raises(ValueError, match="lmd-base, lmd-large, lmd-small, lmd-tiny"):
+        LMDConfig.from_preset("lmd-huge")
+
+
+@pytest.mark.parametrize(
+    "vae_type, channels, latent_size", [("AutoencoderKL", 4, 8), ("VQModel", 3, 8), ("AutoencoderTiny", 4, 8)]
+)
+def test_latent_shape_is_derived_from_the_vae_config_and_matches_the_vae(vae_type, channels, latent_size):
+    model = tiny_model_with(vae_type)
+    assert (model.config.latent_channels, model.config.latent_size) == (channels, latent_size)
+    latents = model.encode_images(random_images(1))
+    assert latents.shape == (1, channels, latent_size, latent_size)
+    assert model.decode_latents(latents).shape == (1, 3, 32, 32)
+
+
+def test_config_round_trips_through_dict_and_drops_diffusers_bookkeeping(tmp_path):
+    config = LMDConfig.from_preset("lmd-tiny", vae_config={**TINY_KL_F4_VAE_CONFIG, "_class_name": "AutoencoderKL"})
+    assert "_class_name" not in config.vae_config
+    config.save_pretrained(tmp_path)
+    assert LMDConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"patch_size": 3}, r"patch_size` \(3\) must divide the latent size \(8"),
+        ({"image_size": 30}, r"image_size` \(30\) must be a multiple"),
+        ({"mask_ratio": 1.0}, r"mask_ratio` must be in \[0, 1\), got 1.0"),
+        ({"mask_ratio_start": -0.1}, r"mask_ratio_start` must be in \[0, 1\)"),
+        ({"mask_ratio_start": 0.8, "mask_ratio_end": 0.5}, "must not exceed"),
+        ({"mask_schedule": "linear"}, "expected one of uniform, piecewise, cosine, constant"),
+        ({"vae_type": "AutoencoderXL"}, "expected one of AutoencoderKL, VQModel, AutoencoderTiny"),
+        ({"num_attention_heads": 3}, r"hidden_size` \(32\) must be divisible by `num_attention_heads` \(3\)"),
+        ({"hidden_size": 0}, "positive"),
+    ],
+)
+def test_bad_config_values_raise_naming_what_was_expected(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        LMDConfig.from_preset("lmd-tiny", **overrides)
+
+
+# --- masking and loss -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ratio", [0.0, 0.15, 0.5, 0.75, 0.9, 0.99])
+def test_each_sample_keeps_exactly_int_L_times_one_minus_r_visible(tiny_model, ratio):
+    num_patches = tiny_model.config.num_patches
+    expected_visible = max(1, int(num_patches * (1 - ratio)))
+    noise = torch.rand(3, num_patches, generator=torch.Generator().manual_seed(1))
+    out = tiny_model(pixel_values=random_images(3), mask_ratio=ratio, noise=noise)
+    assert out.mask.shape == (3, num_patches)
+    assert ((1 - out.mask).sum(dim=1) == expected_visible).all()
+    assert out.last_hidden_state.shape == (3, 1 + expected_visible, tiny_model.config.hidden_size)
+    # mask and ids_restore agree: a patch is visible iff its place in the shuffled order is among the first K.
+    assert torch.equal(out.mask.bool(), out.ids_restore >= expected_visible)
+    # the lowest-noise patches are the visible ones
+    kept = noise.argsort(dim=1)[:, :expected_visible]
+    assert (out.mask.gather(1, kept) == 0).all()
+
+
+def test_samples_share_the_ratio_but_hide_different_patches(tiny_model):
+    out = tiny_model(pixel_values=random_images(4), mask_ratio=0.5)
+    assert len({tuple(row.tolist()) for row in out.mask}) > 1
+
+
+def test_same_noise_gives_same_loss_and_mask_ratio_overrides_the_config(tiny_model):
+    images = random_images(2)
+    noise = torch.rand(2, tiny_model.config.num_patches)
+    first = tiny_model(pixel_values=images, noise=noise)
+    second = tiny_model(pixel_values=images, noise=noise)
+    assert first.mask_ratio == tiny_model.config.mask_ratio == 0.75
+    assert torch.equal(first.loss, second.loss) and torch.equal(first.mask, second.mask)
+    assert tiny_model(pixel_values=images, noise=noise, mask_ratio=0.25).mask.sum() == 2 * 4
+
+
+def test_loss_is_mse_over_masked_patches_only(tiny_model):
+    images = random_images(2)
+    out = tiny_model(pixel_values=images, mask_ratio=0.5)
+    target = tiny_model.patchify(out.latents)
+    per_patch = ((out.logits - target) ** 2).mean(-1)
+    assert torch.allclose(out.loss, per_patch[out.mask.bool()].mean())
+    assert out.logits.shape == (2, 16, 2 * 2 * 4)
+
+
+def test_normalised_target_loss(tiny_config):
+    tiny_config.norm_latent_loss = True
+    model = LMDModel(tiny_config)
+    out = model(pixel_values=random_images(2), mask_ratio=0.5)
+    target = model.patchify(out.latents)
+    target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
+    expected = ((out.logits - target) ** 2).mean(-1)[out.mask.bool()].mean()
+    assert torch.allclose(out.loss, expected)
+
+
+def test_images_and_precomputed_latents_give_the_same_result(tiny_model):
+    images = random_images(2)
+    noise = torch.rand(2, 16)
+    latents = tiny_model.encode_images(images)
+    assert torch.equal(tiny_model(pixel_values=images, noise=noise).loss, tiny_model(latents=latents, noise=noise).loss)
+
+
+def test_patchify_round_trip(tiny_model):
+    latents = torch.randn(2, 4, 8, 8)
+    patches = tiny_model.patchify(latents)
+    assert patches.shape == (2, 16, 16)
+    assert torch.equal(patches[0, 1], latents[0, :, 0:2, 2:4].permute(1, 2, 0).reshape(-1))
+    assert torch.equal(tiny_model.unpatchify(patches), latents)
+
+
+def test_kl_latents_are_the_scaled_posterior_mode(tiny_config):
+    tiny_config.vae_config = {**tiny_config.vae_config, "scaling_factor": 0.5, "shift_factor": 0.1}
+    model = LMDModel(tiny_config)
+    images = random_images(2)
+    mean = model.vae.encode(images).latent_dist.mean
+    assert torch.allclose(model.encode_images(images), (mean - 0.1) * 0.5)
+    assert torch.equal(model.encode_images(images), model.encode_images(images))  # no sampling
+    # decode_latents undoes the scaling before the VAE decoder
+    assert torch.allclose(model.decode_latents(model.encode_images(images)), model.vae.decode(mean).sample, atol=1e-5)
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model):
+    images, noise = random_images(2), torch.rand(2, 16)
+    tiny_model.train()
+    reference = tiny_model(pixel_values=images, noise=noise).loss
+    reference.backward()
+    grads = [p.grad.clone() for p in tiny_model.parameters() if p.requires_grad]
+    tiny_model.zero_grad()
+    tiny_model.activation_checkpointing_enable()
+    assert all(layer.gradient_checkpointing for layer in tiny_model.encoder.layers)
+    checkpointed = tiny_model(pixel_values=images, noise=noise).loss
+    checkpointed.backward()
+    assert torch.allclose(reference, checkpointed)
+    for before, param in zip(grads, (p for p in tiny_model.parameters() if p.requires_grad)):
+        assert torch.allclose(before, param.grad, atol=1e-6)
+
+
+def test_tiny_model_overfits_while_the_vae_stays_frozen(tiny_model):
+    torch.manual_seed(0)
+    images = random_images(4, seed=3)
+    vae_before = {k: v.clone() for k, v in tiny_model.vae.state_dict().items()}
+    trainable = [p for p in tiny_model.parameters() if p.requires_grad]
+    assert not any(p.requires_grad for p in tiny_model.vae.parameters())
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3)
+    tiny_model.train()
+    losses = []
+    for _ in range(60):
+        loss = tiny_model(pixel_values=images, mask_ratio=0.5).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
+    assert tiny_model.training and not tiny_model.vae.training
+    assert all(p.grad is None for p in tiny_model.vae.parameters())
+    assert_state_dicts_equal(vae_before, tiny_model.vae.state_dict())
+
+
+def test_reconstruct_keeps_visible_patches_from_the_input(tiny_model):
+    images = random_images(2)
+    out = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    assert out.reconstruction.shape == images.shape and out.masked_images.shape == images.shape
+    assert out.pixel_mask.shape == (2, 1, 32, 32) and out.reconstruction.abs().max() <= 1
+    visible = ~out.mask.bool()
+    assert torch.equal(tiny_model.patchify(out.latents)[visible], tiny_model.patchify(tiny_model.encode_images(images))[visible])
+    # each latent patch covers (patch 2 x VAE factor 4) = 8 pixels a side; hidden regions are zeroed
+    assert torch.equal(out.pixel_mask[:, 0, ::8, ::8], out.mask.reshape(2, 4, 4))
+    assert torch.equal(out.masked_images, images * (1 - out.pixel_mask))
+    again = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out.reconstruction, again.reconstruction)
+
+
+def test_reconstruct_with_an_explicit_patch_mask(tiny_model):
+    patch_mask = torch.zeros(1, 16, dtype=torch.bool)
+    patch_mask[0, [0, 5, 15]] = True
+    out = tiny_model.reconstruct(random_images(1), patch_mask=patch_mask)
+    assert torch.equal(out.mask.bool(), patch_mask)
+    with pytest.raises(ValueError, match="same number of patches"):
+        tiny_model.reconstruct(random_images(2), patch_mask=torch.stack([patch_mask[0], torch.zeros(16, dtype=torch.bool)]))
+
+
+# --- bad inputs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"pixel_values": torch.zeros(2, 3, 64, 64)}, r"Expected pixel_values of shape \(batch, 3, 32, 32\).*got \(2, 3, 64, 64\)"),
+        ({"pixel_values": torch.zeros(3, 32, 32)}, r"got \(3, 32, 32\)"),
+        ({"latents": torch.zeros(2, 3, 8, 8)}, r"Expected latents of shape \(batch, 4, 8, 8\), got \(2, 3, 8, 8\)"),
+        ({}, "exactly one of"),
+        ({"pixel_values": torch.zeros(1, 3, 32, 32), "latents": torch.zeros(1, 4, 8, 8)}, "exactly one of"),
+        ({"latents": torch.zeros(2, 4, 8, 8), "noise": torch.zeros(2, 15)}, r"Expected noise of shape \(2, 16\), got \(2, 15\)"),
+        ({"latents": torch.zeros(2, 4, 8, 8), "mask_ratio": 1.0}, r"mask_ratio must be in \[0, 1\), got 1.0"),
+    ],
+)
+def test_wrong_inputs_raise_naming_expected_and_received(tiny_model, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_model(**kwargs)
+
+
+# --- the frozen VAE, save / load, from_vae ----------------------------------------------------------
+
+
+def test_vae_stays_frozen_and_in_eval_mode_after_train(tiny_model):
+    tiny_model.train()
+    assert tiny_model.training and tiny_model.encoder.training
+    assert not tiny_model.vae.training and not any(m.training for m in tiny_model.vae.modules())
+    assert not any(p.requires_grad for p in tiny_model.vae.parameters())
+    assert all(p.requires_grad for p in tiny_model.encoder.parameters())
+
+
+@pytest.mark.parametrize("vae_type", ["AutoencoderKL", "VQModel", "AutoencoderTiny"])
+def test_save_and_load_round_trip_bit_exact_through_one_safetensors_file(vae_type, tmp_path):
+    model = tiny_model_with(vae_type)
+    model.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    assert any(k.startswith("vae.") for k in weights) and any(k.startswith("encoder.") for k in weights)
+    assert not list(tmp_path.glob("*.bin")) and len(list(tmp_path.glob("*.safetensors"))) == 1
+    loaded = LMDModel.from_pretrained(tmp_path)
+    assert_state_dicts_equal(model.state_dict(), loaded.state_dict())
+    assert torch.equal(model.encoder.position_embeddings, loaded.encoder.position_embeddings)
+    assert torch.equal(model.decoder.position_embeddings, loaded.decoder.position_embeddings)
+    assert not any(p.requires_grad for p in loaded.vae.parameters()) and not loaded.vae.training
+    images, noise = random_images(2), torch.rand(2, 16)
+    assert torch.equal(model(pixel_values=images, noise=noise).logits, loaded(pixel_values=images, noise=noise).logits)
+
+
+def test_from_vae_keeps_the_pretrained_vae_weights_bit_exact(tmp_path):
+    torch.manual_seed(1)
+    vae = AutoencoderKL.from_config(TINY_KL_F4_VAE_CONFIG)
+    with torch.no_grad():
+        for param in vae.parameters():  # not what a fresh init would give
+            param.add_(torch.randn_like(param))
+    vae.save_pretrained(tmp_path / "vae")
+    for source in (vae, tmp_path / "vae", str(tmp_path / "vae")):
+        model = LMDModel.from_vae(source, preset="lmd-tiny", mask_schedule="uniform")
+        assert model.config.mask_schedule == "uniform" and model.config.vae_type == "AutoencoderKL"
+        assert_state_dicts_equal(vae.state_dict(), model.vae.state_dict())
+    model.save_pretrained(tmp_path / "lmd")
+    assert_state_dicts_equal(vae.state_dict(), LMDModel.from_pretrained(tmp_path / "lmd").vae.state_dict())
+
+
+def test_from_vae_with_a_subfolder_and_a_vq_model(tmp_path):
+    vae = VQModel.from_config(TINY_VQ_F4_VAE_CONFIG)
+    vae.save_pretrained(tmp_path / "repo" / "vqvae")
+    model = LMDModel.from_vae(str(tmp_path / "repo"), subfolder="vqvae", preset="lmd-tiny")
+    assert model.config.vae_type == "VQModel" and model.config.latent_channels == 3
+    assert_state_dicts_equal(vae.state_dict(), model.vae.state_dict())
+
+
+def test_checkpoint_carries_auto_map_and_loads_with_auto_classes(tiny_checkpoint):
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(tiny_checkpoint)
+    assert config.auto_map["AutoModel"] == "modeling_lmd.LMDModel"
+    assert {"modeling_lmd.py", "configuration_lmd.py", "mask_schedulers.py"} <= {p.name for p in tiny_checkpoint.iterdir()}
+    assert isinstance(AutoModel.from_pretrained(tiny_checkpoint), LMDModel)
+
+
+def test_remote_code_loads_where_the_package_cannot_be_imported(tiny_model, tiny_checkpoint, tmp_path):
+    images, noise = random_images(2), torch.rand(2, 16)
+    torch.save({"images": images, "noise": noise}, tmp_path / "inputs.pt")
+    expected = tiny_model(pixel_values=images, noise=noise).logits
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["modeling_lmd"] = None  # the package is not available in this process
+        import torch
+        from transformers import AutoModel
+        try:
+            import modeling_lmd
+            raise SystemExit("modeling_lmd should not be importable here")
+        except ImportError:
+            pass
+        model = AutoModel.from_pretrained({str(tiny_checkpoint)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        torch.save(model(pixel_values=inputs["images"], noise=inputs["noise"]).logits, {str(tmp_path / "out.pt")!r})
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
