@@ -19,6 +19,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput
 
 from .configuration_lmd import LMDConfig
@@ -337,6 +338,66 @@ class LMDPreTrainedModel(PreTrainedModel):
         self.check_latents(latents)
         return latents
 
+    # --- features without masking --------------------------------------------------------------
+
+    def encode_unmasked(self, latents: torch.Tensor, output_hidden_states: bool = False):
+        """Every patch, in order, through the encoder (no masking): `(B, C, h, w)` -> `(B, 1 + L, D)`, hidden states."""
+        latents = latents.to(self.encoder.patch_embed.weight.dtype)
+        return self.encoder.run_blocks(self.encoder.embed_patches(latents), output_hidden_states)
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor | None = None, latents: torch.Tensor | None = None, pooling: str = "mean"
+    ) -> torch.Tensor:
+        """Image embeddings `(B, D)` from the unmasked encoder, for retrieval or a linear probe.
+
+        Args:
+            pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one.
+            pooling: `"mean"` over the patch tokens (default) or `"cls"` (the cls token).
+        """
+        encoded, _ = self.encode_unmasked(self.latents_from_inputs(pixel_values, latents))
+        return pool_tokens(encoded, pooling)
+
+    # --- complete checkpoints ------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, plus what a user without this package needs to use the folder:
+
+        - the image processor (`preprocessor_config.json` + its code), a default one for `config.image_size`
+          unless the folder already has one (save your own processor to override it);
+        - for `LMDModel`, the `"lmd-reconstruction"` pipeline: its code and config.json's `custom_pipelines`, so
+          `pipeline("lmd-reconstruction", model=folder, trust_remote_code=True)` works.
+        """
+        import os
+
+        from transformers.dynamic_module_utils import custom_object_save
+
+        from .image_processing_lmd import LMDImageProcessor
+        from .pipeline_lmd import CUSTOM_PIPELINE_ENTRY, TASK, LMDReconstructionPipeline
+
+        offers_pipeline = isinstance(self, LMDModel)
+        previous = self.config.__dict__.get("custom_pipelines")
+        custom_pipelines = {task: info for task, info in (previous or {}).items() if task != TASK}
+        if offers_pipeline:
+            custom_pipelines[TASK] = dict(CUSTOM_PIPELINE_ENTRY)
+        if custom_pipelines:
+            self.config.custom_pipelines = custom_pipelines
+        elif previous is not None:
+            del self.config.custom_pipelines
+        try:
+            super().save_pretrained(save_directory, *args, **kwargs)
+        finally:
+            if previous is not None:
+                self.config.custom_pipelines = previous
+            elif "custom_pipelines" in self.config.__dict__:
+                del self.config.custom_pipelines
+        if not kwargs.get("is_main_process", True):
+            return
+        if offers_pipeline:
+            custom_object_save(LMDReconstructionPipeline, save_directory)
+        if not os.path.isfile(os.path.join(save_directory, "preprocessor_config.json")):
+            LMDImageProcessor.register_for_auto_class()
+            LMDImageProcessor.from_model_config(self.config).save_pretrained(save_directory)
+
 
 class LMDModel(LMDPreTrainedModel):
     """Masked latent modelling: hide a ratio of latent patches, encode the rest, reconstruct the hidden ones.
@@ -587,4 +648,88 @@ def load_pretrained_vae(name_or_path: str, subfolder: str | None = None, **kwarg
     return VAE_CLASSES[class_name].from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
 
 
-__all__ = ["LMDModel", "LMDPreTrainedModel", "LMDOutput", "LMDReconstructionOutput", "load_pretrained_vae"]
+# --- downstream: features and image classification ------------------------------------------------------------
+
+
+def pool_tokens(encoded: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
+    """Encoder output `(B, 1 + L, D)` (cls token first) -> `(B, D)`: mean over patch tokens, or the cls token."""
+    if pooling == "mean":
+        return encoded[:, 1:, :].mean(dim=1)
+    if pooling == "cls":
+        return encoded[:, 0, :]
+    raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}.")
+
+
+class LMDForImageClassification(LMDPreTrainedModel):
+    """The LMD encoder, without masking, on the frozen VAE's latents, with a linear classification head.
+
+    Parameter names match [`LMDModel`] (`vae.*`, `encoder.*`), so
+    `LMDForImageClassification.from_pretrained(lmd_checkpoint, num_labels=10)` loads the pre-trained encoder and
+    VAE and initialises only the head (`fc_norm`, `classifier`); the LMD decoder is ignored. The pooling is
+    `config.classifier_pooling` (`"mean"` over patch tokens by default, or `"cls"`).
+
+    Example:
+
+    ```python
+    >>> from modeling_lmd import LMDForImageClassification
+    >>> model = LMDForImageClassification.from_pretrained("path/to/lmd-checkpoint", num_labels=10)
+    >>> out = model(pixel_values=images, labels=labels)  # out.loss, out.logits (B, 10)
+    ```
+    """
+
+    _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
+
+    def __init__(self, config: LMDConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.pooling = getattr(config, "classifier_pooling", "mean")
+        if self.pooling not in ("mean", "cls"):
+            raise ValueError(f"config.classifier_pooling must be 'mean' or 'cls', got {self.pooling!r}.")
+        self.vae = build_vae(config)
+        self.encoder = LMDEncoder(config)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels) if config.num_labels > 0 else nn.Identity()
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> ImageClassifierOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`(B, 3, H, W)` in [-1, 1]): images, encoded by the frozen VAE.
+            latents (`(B, C, h, w)`): precomputed unit-scaled latents instead of images.
+            labels (`(B,)` class indices): cross-entropy loss (mean squared error when `num_labels == 1`).
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        output_hidden_states = bool(output_hidden_states or self.config.output_hidden_states)
+        latents = self.latents_from_inputs(pixel_values, latents)
+        encoded, hidden_states = self.encode_unmasked(latents, output_hidden_states)
+        logits = self.classifier(self.fc_norm(pool_tokens(encoded, self.pooling)))
+
+        loss = None
+        if labels is not None:
+            labels = labels.to(logits.device)
+            if self.num_labels == 1:
+                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+            else:
+                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+
+        output = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=hidden_states)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = [
+    "LMDForImageClassification",
+    "LMDModel",
+    "LMDPreTrainedModel",
+    "LMDOutput",
+    "LMDReconstructionOutput",
+    "load_pretrained_vae",
+    "pool_tokens",
+]

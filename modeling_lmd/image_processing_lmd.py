@@ -1,0 +1,248 @@
+"""Image processor for LMD: any image -> RGB, resized to cover and centre-cropped, pixels in [-1, 1]; and back to PIL.
+
+Shipped as remote code next to every checkpoint, so it imports only numpy, PIL, torch and transformers.
+"""
+
+import os
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+import torch
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import PILImageResampling, SizeDict
+
+
+def load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
+    """Open an image file, with a clear error for a missing or unreadable path; EXIF rotation is applied."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No image file at {path!r}.")
+    try:
+        image = PIL.Image.open(path)
+        image.load()
+    except Exception as error:  # PIL raises several unrelated types for corrupt or non-image files
+        raise ValueError(f"Could not read {path!r} as an image: {error}") from error
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
+    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}; uint8, bool, or floats in [0, 1] -> PIL."""
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels first -> last
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"Expected an image array of shape (H, W), (H, W, 1|3|4) or (1|3|4, H, W), got {tuple(array.shape)}."
+        )
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif np.issubdtype(array.dtype, np.floating):
+        # Floats are taken as [0, 1] (what most libraries produce); clip stray values.
+        array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    elif array.dtype != np.uint8:
+        array = np.clip(array, 0, 255).astype(np.uint8)
+    return PIL.Image.fromarray(array)
+
+
+def to_rgb_image(image: Any) -> PIL.Image.Image:
+    """A path, PIL image, numpy array or torch tensor -> an RGB PIL image.
+
+    Transparent pixels (RGBA, LA, palette with transparency) are composited onto white; grayscale is replicated.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image_file(image)
+    elif isinstance(image, torch.Tensor):
+        image = _array_to_pil(image.detach().cpu().numpy())
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    elif not isinstance(image, PIL.Image.Image):
+        raise TypeError(
+            f"Unsupported image type {type(image).__name__}; expected a path, a PIL image, a numpy array or a tensor."
+        )
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
+        rgba = image.convert("RGBA")
+        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = PIL.Image.alpha_composite(background, rgba)
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def cover_and_crop(in_height: int, in_width: int, out_height: int, out_width: int) -> tuple[int, int, int, int]:
+    """Geometry of "resize to cover, then centre-crop": the resized (height, width) and the crop's (top, left)."""
+    scale = max(out_height / in_height, out_width / in_width)
+    resized_height = max(out_height, int(round(in_height * scale)))
+    resized_width = max(out_width, int(round(in_width * scale)))
+    return resized_height, resized_width, (resized_height - out_height) // 2, (resized_width - out_width) // 2
+
+
+def _is_batch(images: Any) -> bool:
+    if isinstance(images, (list, tuple)):
+        return True
+    if isinstance(images, (np.ndarray, torch.Tensor)):
+        return images.ndim == 4
+    return False
+
+
+class LMDImageProcessor(PilBackend):
+    r"""
+    Prepares images for LMD models: converts any input to RGB, resizes it (keeping its aspect ratio) so that it
+    covers `size`, centre-crops to `size`, and maps pixels to [-1, 1] (the range the VAE was trained on).
+    [`~LMDImageProcessor.postprocess`] turns model outputs in [-1, 1] back into PIL images.
+
+    Args:
+        size (`dict[str, int]`, *optional*, defaults to `{"height": 224, "width": 224}`):
+            Output size; use the model's `config.image_size` for both sides.
+        do_center_crop (`bool`, *optional*, defaults to `True`):
+            Keep the aspect ratio and crop the centre; with `False` images are stretched to `size`.
+        resample (`PILImageResampling`, *optional*, defaults to `BICUBIC`).
+
+    Example:
+
+    ```python
+    >>> from modeling_lmd import LMDImageProcessor
+    >>> processor = LMDImageProcessor(size={"height": 64, "width": 64})
+    >>> batch = processor(images, return_tensors="pt")  # batch["pixel_values"]: (B, 3, 64, 64) in [-1, 1]
+    >>> pil_images = processor.postprocess(batch["pixel_values"])
+    ```
+    """
+
+    model_input_names = ["pixel_values"]
+    resample = PILImageResampling.BICUBIC
+    size = {"height": 224, "width": 224}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    image_mean = [0.5, 0.5, 0.5]
+    image_std = [0.5, 0.5, 0.5]
+    do_convert_rgb = True
+
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "LMDImageProcessor":
+        """The processor matching an `LMDConfig` (square images of `config.image_size`)."""
+        return cls(size={"height": config.image_size, "width": config.image_size}, **kwargs)
+
+    def _standardize_kwargs(self, **kwargs) -> dict:
+        kwargs = super()._standardize_kwargs(**kwargs)
+        # The crop is always to `size` (resize to cover, then crop); `crop_size` just mirrors it.
+        kwargs["crop_size"] = kwargs.get("size")
+        return kwargs
+
+    def preprocess(self, images, *args, **kwargs) -> BatchFeature:
+        """One image or a list (paths, PIL, numpy, tensors) -> `BatchFeature` with `pixel_values` in [-1, 1]."""
+        items = list(images) if _is_batch(images) else [images]
+        if not items:
+            raise ValueError("No images given.")
+        # Convert everything to RGB PIL first: grayscale, RGBA, palette and odd array layouts all end up alike.
+        return super().preprocess([to_rgb_image(image) for image in items], *args, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_center_crop: bool,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        processed = []
+        for image in images:  # (C, H, W) uint8
+            if do_resize:
+                if do_center_crop:
+                    height, width = image.shape[-2:]
+                    new_height, new_width, _, _ = cover_and_crop(height, width, size.height, size.width)
+                    image = self.resize(image, SizeDict(height=new_height, width=new_width), resample=resample)
+                    image = self.center_crop(image, size)
+                else:
+                    image = self.resize(image, size, resample=resample)
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed.append(image.astype(np.float32))
+        return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
+
+    def preprocess_mask(self, mask: Any, image_size: tuple[int, int], do_center_crop: bool | None = None) -> np.ndarray:
+        """A mask over an input image's pixels -> a boolean `(height, width)` mask over the processed image.
+
+        Applies the same resize / crop as the image. A processed pixel counts as masked if any input pixel
+        under it was masked (nothing the user marked is lost by the resize).
+
+        Args:
+            mask: a boolean / 0-1 array `(H, W)` (or `(H, W, C)`, any channel non-zero) or a PIL image (non-zero =
+                masked), the same size as the input image.
+            image_size: `(H, W)` of the input image.
+        """
+        if isinstance(mask, PIL.Image.Image):
+            mask = np.array(mask.convert("L")) > 0
+        elif isinstance(mask, torch.Tensor):
+            mask = mask.detach().cpu().numpy()
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask.any(axis=-1) if mask.shape[-1] in (1, 3, 4) else mask.any(axis=0)
+        if mask.ndim != 2:
+            raise ValueError(f"Expected a 2D mask (height, width), got shape {tuple(mask.shape)}.")
+        if tuple(mask.shape) != tuple(image_size):
+            raise ValueError(
+                f"The mask is {mask.shape[0]}x{mask.shape[1]} (height x width) but the image is "
+                f"{image_size[0]}x{image_size[1]}; they must match."
+            )
+        coverage = PIL.Image.fromarray((mask != 0).astype(np.float32), mode="F")
+        do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
+        out_height, out_width = self.size["height"], self.size["width"]
+        if do_center_crop:
+            new_height, new_width, top, left = cover_and_crop(*image_size, out_height, out_width)
+        else:
+            new_height, new_width, top, left = out_height, out_width, 0, 0
+        # BOX averages every input pixel a target pixel covers: any coverage > 0 means "touched".
+        coverage = coverage.resize((new_width, new_height), resample=PIL.Image.Resampling.BOX)
+        coverage = np.array(coverage)[top : top + out_height, left : left + out_width]
+        return coverage > 1e-6
+
+    def postprocess(self, pixel_values: torch.Tensor | np.ndarray) -> list[PIL.Image.Image]:
+        """Images in [-1, 1], `(B, 3, H, W)` or `(3, H, W)` -> list of RGB PIL images."""
+        if isinstance(pixel_values, torch.Tensor):
+            pixel_values = pixel_values.detach().float().cpu().numpy()
+        pixel_values = np.asarray(pixel_values)
+        if pixel_values.ndim == 3:
+            pixel_values = pixel_values[None]
+        mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, -1, 1, 1)
+        std = np.asarray(self.image_std, dtype=np.float32).reshape(1, -1, 1, 1)
+        pixels = np.clip((pixel_values * std + mean) * 255.0, 0, 255).round().astype(np.uint8)
+        return [PIL.Image.fromarray(np.moveaxis(image, 0, -1)) for image in pixels]
+
+    def mask_to_pil(self, mask: np.ndarray | torch.Tensor) -> PIL.Image.Image:
+        """A boolean `(H, W)` mask -> a black-and-white PIL image (white = masked)."""
+        if isinstance(mask, torch.Tensor):
+            mask = mask.detach().cpu().numpy()
+        return PIL.Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
+
+
+def image_grid(rows: list[list[PIL.Image.Image]], padding: int = 2, background=(255, 255, 255)) -> PIL.Image.Image:
+    """Paste rows of equally sized PIL images into one grid image."""
+    if not rows or not rows[0]:
+        raise ValueError("Nothing to put in the grid.")
+    width, height = rows[0][0].size
+    columns = max(len(row) for row in rows)
+    grid = PIL.Image.new(
+        "RGB", (columns * width + (columns + 1) * padding, len(rows) * height + (len(rows) + 1) * padding), background
+    )
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB"), (padding + c * (width + padding), padding + r * (height + padding)))
+    return grid
+
+
+__all__ = ["LMDImageProcessor", "cover_and_crop", "image_grid", "load_image_file", "to_rgb_image"]
