@@ -1,0 +1,328 @@
+"""Deterministic, fully offline demo image dataset.
+
+The photographs used here are real colour photographs that ship *inside* installed Python packages
+(scikit-image, scikit-learn and matplotlib: the optional ``demo`` extra, ``pip install "modeling-lmd[demo]"``),
+so building the dataset needs no network access. Each photograph is resized to a few scales and cut into
+square tiles of ``resolution`` pixels.
+
+Train and validation are split **by source photograph**: every tile of a validation photograph is in
+``validation`` and no tile of it is in ``train`` (see :data:`VALIDATION_PHOTOS`).
+
+Layout written to ``output_dir``::
+
+    output_dir/
+        train/<photo>_s<scale>_y<row>_x<col>.png
+        validation/<photo>_s<scale>_y<row>_x<col>.png
+        metadata.json          # counts per split / per photo, resolution, sources, version
+
+which ``datasets.load_dataset("imagefolder", data_dir=output_dir)`` reads as a ``DatasetDict`` with ``train``
+and ``validation`` splits and an ``image`` column.
+
+Building is deterministic (same inputs give byte-identical PNG files) and idempotent: if ``output_dir``
+already holds a complete build with the same settings (``metadata.json`` matches and every listed file is
+present), nothing is rewritten.
+
+Command line::
+
+    python -m modeling_lmd.demo_data --output_dir data/demo --resolution 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from PIL import Image
+
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the tiling scheme or the list of photographs changes (invalidates existing builds).
+DEMO_DATA_VERSION = "1.0"
+
+#: (name, package, relative file) for every source photograph. Only real colour photographs that are
+#: installed together with their package (no pooch download) are listed. ``motorcycle_right`` (a near
+#: duplicate of ``motorcycle_left``), ``cat`` (same file as ``chelsea``), grey-level images, synthetic
+#: images and logos are deliberately left out.
+DEMO_PHOTOS: Tuple[Tuple[str, str, str], ...] = (
+    ("astronaut", "skimage", "astronaut.png"),
+    ("chelsea", "skimage", "chelsea.png"),
+    ("coffee", "skimage", "coffee.png"),
+    ("rocket", "skimage", "rocket.jpg"),
+    ("immunohistochemistry", "skimage", "ihc.png"),
+    ("hubble_deep_field", "skimage", "hubble_deep_field.jpg"),
+    ("motorcycle_left", "skimage", "motorcycle_left.png"),
+    ("retina", "skimage", "retina.jpg"),
+    ("china", "sklearn", "china.jpg"),
+    ("flower", "sklearn", "flower.jpg"),
+    ("grace_hopper", "matplotlib", "grace_hopper.jpg"),
+)
+
+#: Photographs whose tiles form the validation split (never seen in train).
+VALIDATION_PHOTOS: Tuple[str, ...] = ("chelsea", "coffee", "flower")
+
+#: Default scales: each photograph is resized so that its shorter side is ``k * resolution`` pixels for
+#: every ``k`` here (a scale that would upsample the photograph is skipped).
+DEFAULT_SCALES: Tuple[int, ...] = (4, 6, 8)
+
+#: Tiles whose pixel standard deviation (0..255 units) is below this are dropped (e.g. the black
+#: border around the retina photograph, empty sky in the Hubble field).
+MIN_TILE_STD = 4.0
+
+_INSTALL_HINT = 'The demo dataset needs the optional "demo" dependencies: pip install "modeling-lmd[demo]"'
+
+
+def _package_dir(package: str) -> str:
+    """Directory that holds the photographs shipped with ``package`` (imported lazily)."""
+    try:
+        if package == "skimage":
+            import skimage.data
+
+            return os.path.dirname(os.path.abspath(skimage.data.__file__))
+        if package == "sklearn":
+            import sklearn.datasets
+
+            return os.path.join(os.path.dirname(os.path.abspath(sklearn.datasets.__file__)), "images")
+        if package == "matplotlib":
+            import matplotlib
+
+            return os.path.join(matplotlib.get_data_path(), "sample_data")
+    except ImportError as err:
+        raise ImportError(f"{_INSTALL_HINT} (could not import {package}: {err})") from err
+    raise ValueError(f"Unknown source package {package!r}")
+
+
+def list_demo_photos() -> List[Dict[str, str]]:
+    """Return ``[{"name", "package", "file", "path", "split"}]`` for every demo photograph.
+
+    Raises ``ImportError`` (with an install hint) if a source package is missing and ``FileNotFoundError``
+    if an expected photograph is absent from the installed package.
+    """
+    photos = []
+    for name, package, filename in DEMO_PHOTOS:
+        path = os.path.join(_package_dir(package), filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"Demo photograph {name!r} not found at {path}. Is the installed {package} complete? {_INSTALL_HINT}"
+            )
+        split = "validation" if name in VALIDATION_PHOTOS else "train"
+        photos.append({"name": name, "package": package, "file": filename, "path": path, "split": split})
+    return photos
+
+
+def _load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as img:
+        img.load()
+        return img.convert("RGB")
+
+
+def _grid_offsets(length: int, tile: int, stride: int) -> List[int]:
+    """Offsets of a regular grid of tiles, centred in ``length``."""
+    if length < tile:
+        return []
+    n = (length - tile) // stride + 1
+    start = (length - ((n - 1) * stride + tile)) // 2
+    return [start + i * stride for i in range(n)]
+
+
+def _tiles_of_photo(
+    img: Image.Image, resolution: int, scales: Sequence[int], stride: int, min_std: float
+) -> List[Tuple[str, Image.Image]]:
+    """Cut one photograph into ``(suffix, tile)`` pairs, in a fixed order."""
+    out = []
+    width, height = img.size
+    short = min(width, height)
+    for k in scales:
+        target_short = k * resolution
+        if target_short > short:
+            continue  # never upsample: tiles would be blurry
+        factor = target_short / short
+        size = (max(resolution, round(width * factor)), max(resolution, round(height * factor)))
+        scaled = img if size == img.size else img.resize(size, resample=Image.LANCZOS)
+        arr = np.asarray(scaled)
+        for y in _grid_offsets(size[1], resolution, stride):
+            for x in _grid_offsets(size[0], resolution, stride):
+                tile = arr[y : y + resolution, x : x + resolution]
+                if float(tile.std()) < min_std:
+                    continue
+                out.append((f"s{k}_y{y:04d}_x{x:04d}", Image.fromarray(np.ascontiguousarray(tile), mode="RGB")))
+    return out
+
+
+def _settings(resolution: int, scales: Sequence[int], train_stride: int, val_stride: int, min_std: float) -> dict:
+    return {
+        "version": DEMO_DATA_VERSION,
+        "resolution": int(resolution),
+        "scales": [int(s) for s in scales],
+        "train_stride": int(train_stride),
+        "validation_stride": int(val_stride),
+        "min_tile_std": float(min_std),
+        "validation_photos": list(VALIDATION_PHOTOS),
+    }
+
+
+def _is_complete(output_dir: str, settings: dict) -> Optional[dict]:
+    """Return the stored metadata if ``output_dir`` holds a complete build with ``settings``, else None."""
+    meta_path = os.path.join(output_dir, "metadata.json")
+    if not os.path.isfile(meta_path):
+        return None
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if {k: meta.get(k) for k in settings} != settings:
+        return None
+    for split in ("train", "validation"):
+        split_dir = os.path.join(output_dir, split)
+        if not os.path.isdir(split_dir):
+            return None
+        present = {f for f in os.listdir(split_dir) if f.endswith(".png")}
+        if present != set(meta.get("files", {}).get(split, [])):
+            return None
+    return meta
+
+
+def build_demo_dataset(
+    output_dir: str,
+    resolution: int = 64,
+    scales: Sequence[int] = DEFAULT_SCALES,
+    train_stride: Optional[int] = None,
+    validation_stride: Optional[int] = None,
+    min_tile_std: float = MIN_TILE_STD,
+    overwrite: bool = False,
+) -> dict:
+    """Build (or reuse) the offline demo dataset in ``output_dir`` and return its metadata.
+
+    Args:
+        output_dir: destination folder; ``train/``, ``validation/`` and ``metadata.json`` are written in it.
+        resolution: side of the square tiles in pixels.
+        scales: each photograph is resized so that its shorter side is ``k * resolution`` for each ``k``
+            (scales that would upsample are skipped).
+        train_stride: grid step of train tiles (default ``resolution // 2``: half-overlapping tiles).
+        validation_stride: grid step of validation tiles (default ``resolution``: non-overlapping tiles).
+        min_tile_std: tiles with a pixel standard deviation (0..255) below this are dropped.
+        overwrite: rebuild even if a matching complete build already exists.
+
+    Returns:
+        The metadata dict (also written to ``metadata.json``), with ``counts`` = ``{"train": n, "validation": n}``
+        and ``counts_per_photo`` = ``{photo: n}``.
+    """
+    resolution = int(resolution)
+    if resolution < 8:
+        raise ValueError(f"resolution must be >= 8, got {resolution}")
+    train_stride = int(train_stride or max(1, resolution // 2))
+    validation_stride = int(validation_stride or resolution)
+    settings = _settings(resolution, scales, train_stride, validation_stride, min_tile_std)
+
+    if not overwrite:
+        meta = _is_complete(output_dir, settings)
+        if meta is not None:
+            logger.info("Demo dataset already complete in %s; nothing to do.", output_dir)
+            return meta
+
+    photos = list_demo_photos()
+    os.makedirs(output_dir, exist_ok=True)
+    # Build into a temporary folder next to the destination, then move it in place: an interrupted build
+    # never leaves a folder that looks complete.
+    staging = tempfile.mkdtemp(prefix=".demo_build_", dir=output_dir)
+    try:
+        files: Dict[str, List[str]] = {"train": [], "validation": []}
+        counts_per_photo: Dict[str, int] = {}
+        sources = []
+        for i, photo in enumerate(photos):
+            split = photo["split"]
+            stride = validation_stride if split == "validation" else train_stride
+            img = _load_rgb(photo["path"])
+            tiles = _tiles_of_photo(img, resolution, scales, stride, min_tile_std)
+            split_dir = os.path.join(staging, split)
+            os.makedirs(split_dir, exist_ok=True)
+            for suffix, tile in tiles:
+                fname = f"{photo['name']}_{suffix}.png"
+                tile.save(os.path.join(split_dir, fname), format="PNG", compress_level=6)
+                files[split].append(fname)
+            counts_per_photo[photo["name"]] = len(tiles)
+            sources.append(
+                {
+                    "name": photo["name"],
+                    "package": photo["package"],
+                    "file": photo["file"],
+                    "size": list(img.size),
+                    "split": split,
+                    "tiles": len(tiles),
+                }
+            )
+            logger.info(
+                "[%d/%d] %s (%s, %dx%d) -> %d %s tiles",
+                i + 1, len(photos), photo["name"], photo["package"], img.size[0], img.size[1], len(tiles), split,
+            )
+        for split in files:
+            files[split].sort()
+            os.makedirs(os.path.join(staging, split), exist_ok=True)
+
+        meta = dict(settings)
+        meta["counts"] = {split: len(names) for split, names in files.items()}
+        meta["counts_per_photo"] = counts_per_photo
+        meta["sources"] = sources
+        meta["files"] = files
+
+        # Replace any previous (incomplete or different) build: remove the old metadata first, so a crash
+        # in between leaves a folder that is detected as incomplete.
+        meta_path = os.path.join(output_dir, "metadata.json")
+        if os.path.exists(meta_path):
+            os.remove(meta_path)
+        for split in files:
+            dest = os.path.join(output_dir, split)
+            if os.path.isdir(dest):
+                shutil.rmtree(dest)
+            os.replace(os.path.join(staging, split), dest)
+        tmp_meta = os.path.join(staging, "metadata.json")
+        with open(tmp_meta, "w", encoding="utf-8") as f:
+            json.dump(meta, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp_meta, meta_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    logger.info(
+        "Demo dataset written to %s: %d train / %d validation tiles at %d px",
+        output_dir, meta["counts"]["train"], meta["counts"]["validation"], resolution,
+    )
+    return meta
+
+
+def main(argv: Optional[Sequence[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description="Build the offline LMD demo dataset (photos shipped with skimage/sklearn/matplotlib).")
+    parser.add_argument("--output_dir", default="data/demo", help="destination folder (default: data/demo)")
+    parser.add_argument("--resolution", type=int, default=64, help="tile size in pixels (default: 64)")
+    parser.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES),
+                        help="shorter side of the resized photo, in multiples of the resolution (default: 4 6 8)")
+    parser.add_argument("--train_stride", type=int, default=None, help="train grid step (default: resolution/2)")
+    parser.add_argument("--validation_stride", type=int, default=None, help="validation grid step (default: resolution)")
+    parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching build exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    meta = build_demo_dataset(
+        args.output_dir,
+        resolution=args.resolution,
+        scales=args.scales,
+        train_stride=args.train_stride,
+        validation_stride=args.validation_stride,
+        overwrite=args.overwrite,
+    )
+    print(f"Demo dataset in {args.output_dir} ({meta['resolution']} px):")
+    for split in ("train", "validation"):
+        print(f"  {split}: {meta['counts'][split]} tiles")
+    for src in meta["sources"]:
+        print(f"    {src['split']:<10} {src['name']:<22} {src['tiles']:>5} tiles")
+    return meta
+
+
+if __name__ == "__main__":
+    main()
