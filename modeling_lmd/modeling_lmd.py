@@ -666,7 +666,7 @@ class LMDForImageClassification(LMDPreTrainedModel):
     Parameter names match [`LMDModel`] (`vae.*`, `encoder.*`), so
     `LMDForImageClassification.from_pretrained(lmd_checkpoint, num_labels=10)` loads the pre-trained encoder and
     VAE and initialises only the head (`fc_norm`, `classifier`); the LMD decoder is ignored. The pooling is
-    `config.classifier_pooling` (`"mean"` over patch tokens by default, or `"cls"`).
+    `config.classifier_pooling` (`"mean"` over patch tokens by default, or `"cls"`; also accepted as a keyword).
 
     Example:
 
@@ -679,8 +679,10 @@ class LMDForImageClassification(LMDPreTrainedModel):
 
     _keys_to_ignore_on_load_unexpected = [r"^decoder\."]
 
-    def __init__(self, config: LMDConfig):
+    def __init__(self, config: LMDConfig, classifier_pooling: str | None = None):
         super().__init__(config)
+        if classifier_pooling is not None:  # also reachable as `from_pretrained(..., classifier_pooling="cls")`
+            config.classifier_pooling = classifier_pooling
         self.num_labels = config.num_labels
         self.pooling = getattr(config, "classifier_pooling", "mean")
         if self.pooling not in ("mean", "cls"):

@@ -103,6 +103,8 @@ class LMDReconstructionPipeline(Pipeline):
 
     def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, seed: int | None = None):
         patch_mask = model_inputs.get("patch_mask")
+        if seed is None and patch_mask is not None:
+            seed = 0  # inpainting is deterministic: the seed only orders tokens (float rounding), fix it anyway
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         output = self.model.reconstruct(
             model_inputs["pixel_values"], mask_ratio=mask_ratio, generator=generator, patch_mask=patch_mask

@@ -1,0 +1,130 @@
+"""LMDImageProcessor: input kinds, RGB conversion, resize + centre crop, [-1, 1], postprocessing, saving."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from modeling_lmd import LMDImageProcessor
+from modeling_lmd.image_processing_lmd import cover_and_crop, image_grid
+
+
+@pytest.fixture
+def processor():
+    return LMDImageProcessor(size={"height": 32, "width": 32})
+
+
+def test_size_dict_and_defaults(processor):
+    assert (processor.size["height"], processor.size["width"]) == (32, 32)
+    assert LMDImageProcessor().size["height"] == 224
+    rect = LMDImageProcessor(size={"height": 16, "width": 24})
+    assert rect(PIL.Image.new("RGB", (50, 50)), return_tensors="pt")["pixel_values"].shape == (1, 3, 16, 24)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        PIL.Image.new("RGB", (40, 30), (10, 20, 30)),
+        PIL.Image.new("L", (30, 40), 128),
+        PIL.Image.new("RGBA", (33, 33), (255, 0, 0, 128)),
+        PIL.Image.new("P", (33, 33), 3),
+        PIL.Image.new("LA", (20, 20), (50, 255)),
+        np.full((20, 24), 200, dtype=np.uint8),  # grayscale array
+        np.random.default_rng(0).random((20, 24, 3)),  # floats in [0, 1]
+        np.zeros((3, 16, 16), dtype=np.uint8),  # channels first
+        np.full((16, 16, 4), 255, dtype=np.uint8),  # RGBA array
+        torch.rand(3, 20, 20),
+    ],
+    ids=["rgb", "gray", "rgba", "palette", "la", "np-gray", "np-float", "np-chw", "np-rgba", "torch"],
+)
+def test_every_input_kind_becomes_rgb_in_range(processor, image):
+    pixel_values = processor(image, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, 3, 32, 32)
+    assert pixel_values.dtype == torch.float32
+    assert pixel_values.min() >= -1.0 and pixel_values.max() <= 1.0
+
+
+def test_gray_is_replicated_and_transparency_is_white(processor):
+    gray = processor(PIL.Image.new("L", (32, 32), 255), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(gray, torch.ones_like(gray))
+    transparent = processor(PIL.Image.new("RGBA", (32, 32), (0, 0, 0, 0)), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(transparent, torch.ones_like(transparent))
+    black = processor(PIL.Image.new("RGB", (32, 32), (0, 0, 0)), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(black, -torch.ones_like(black))
+
+
+def test_batches_and_paths(processor, tmp_path):
+    path = tmp_path / "a.png"
+    PIL.Image.new("RGB", (64, 48), (0, 255, 0)).save(path)
+    batch = processor([str(path), PIL.Image.new("RGB", (10, 10)), np.zeros((8, 8, 3), np.uint8)], return_tensors="pt")
+    assert batch["pixel_values"].shape == (3, 3, 32, 32)
+    assert torch.allclose(batch["pixel_values"][0, 1], torch.ones(32, 32))  # green channel
+    with pytest.raises(FileNotFoundError, match="No image file"):
+        processor(str(tmp_path / "missing.png"))
+    (tmp_path / "not-an-image.png").write_text("hello")
+    with pytest.raises(ValueError, match="Could not read"):
+        processor(str(tmp_path / "not-an-image.png"))
+
+
+def test_resize_keeps_aspect_and_crops_the_centre(processor):
+    # 96 x 32 image: left third red, middle green, right blue -> covering 32 px high keeps only the green middle.
+    array = np.zeros((32, 96, 3), dtype=np.uint8)
+    array[:, :32, 0] = array[:, 32:64, 1] = array[:, 64:, 2] = 255
+    pixel_values = processor(PIL.Image.fromarray(array), return_tensors="pt")["pixel_values"][0]
+    assert torch.allclose(pixel_values[1], torch.ones(32, 32), atol=1e-3)
+    assert torch.allclose(pixel_values[0], -torch.ones(32, 32), atol=1e-3)
+    stretched = processor(PIL.Image.fromarray(array), do_center_crop=False, return_tensors="pt")["pixel_values"][0]
+    assert stretched[0, :, :5].mean() > 0.9  # the red third survives when stretching
+    assert cover_and_crop(32, 96, 32, 32) == (32, 96, 0, 32)
+
+
+def test_postprocess_round_trip(processor):
+    rng = np.random.default_rng(0)
+    array = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+    pixel_values = processor(PIL.Image.fromarray(array), return_tensors="pt")["pixel_values"]
+    (back,) = processor.postprocess(pixel_values)
+    assert back.mode == "RGB" and back.size == (32, 32)
+    assert np.array_equal(np.array(back), array)
+    assert processor.postprocess(torch.full((3, 8, 8), 5.0))[0].getpixel((0, 0)) == (255, 255, 255)  # clipped
+
+
+def test_mask_follows_the_image_geometry(processor):
+    mask = np.zeros((32, 96), dtype=bool)
+    mask[0, 40] = True  # inside the kept centre: touches exactly one output pixel
+    mask[5, 5] = True  # in the cropped-away left third
+    processed = processor.preprocess_mask(mask, (32, 96))
+    assert processed.shape == (32, 32) and processed.sum() == 1 and processed[0, 8]
+    halved = LMDImageProcessor(size={"height": 16, "width": 16}).preprocess_mask(np.eye(32, dtype=bool), (32, 32))
+    assert halved.sum() == 16  # a thin line still marks every pixel it touches
+    assert processor.preprocess_mask(PIL.Image.new("L", (96, 32), 255), (32, 96)).all()
+    with pytest.raises(ValueError, match="must match"):
+        processor.preprocess_mask(np.zeros((10, 10), bool), (32, 96))
+
+
+def test_save_load_and_auto_class(processor, tmp_path):
+    from transformers import AutoImageProcessor
+
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "preprocessor_config.json").read_text())
+    assert saved["size"] == {"height": 32, "width": 32}
+    assert saved["auto_map"]["AutoImageProcessor"] == "image_processing_lmd.LMDImageProcessor"
+    assert (tmp_path / "image_processing_lmd.py").is_file()
+    loaded = AutoImageProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, LMDImageProcessor) and loaded.size["width"] == 32
+
+
+def test_every_checkpoint_carries_a_matching_processor(tiny_checkpoint):
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
+    assert isinstance(processor, LMDImageProcessor)
+    assert (processor.size["height"], processor.size["width"]) == (32, 32)
+
+
+def test_image_grid():
+    tiles = [[PIL.Image.new("RGB", (8, 8), (255, 0, 0))] * 3, [PIL.Image.new("L", (8, 8), 0)] * 2]
+    grid = image_grid(tiles, padding=2)
+    assert grid.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)
+    assert grid.getpixel((2, 2)) == (255, 0, 0)

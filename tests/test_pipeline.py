@@ -1,0 +1,148 @@
+"""The "lmd-reconstruction" pipeline: random masking, inpainting, errors, in-process and as remote code."""
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import pipeline
+
+from modeling_lmd import LMDReconstructionPipeline
+from remote_code_helpers import run_without_package
+
+
+def make_image(height=40, width=50, seed=0) -> PIL.Image.Image:
+    rng = np.random.default_rng(seed)
+    return PIL.Image.fromarray(rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def pipe(tiny_checkpoint):
+    return pipeline("lmd-reconstruction", model=str(tiny_checkpoint))
+
+
+def test_checkpoint_declares_the_pipeline(tiny_checkpoint):
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert config["custom_pipelines"]["lmd-reconstruction"]["impl"] == "pipeline_lmd.LMDReconstructionPipeline"
+    assert {"pipeline_lmd.py", "image_processing_lmd.py", "preprocessor_config.json"} <= {
+        p.name for p in tiny_checkpoint.iterdir()
+    }
+
+
+def test_in_process_outputs(pipe, tiny_model):
+    assert isinstance(pipe, LMDReconstructionPipeline)
+    out = pipe(make_image(), mask_ratio=0.5, seed=0)
+    assert set(out) >= {"reconstruction", "masked_image", "mask"}
+    assert isinstance(out["reconstruction"], PIL.Image.Image) and out["reconstruction"].size == (32, 32)
+    assert isinstance(out["masked_image"], PIL.Image.Image) and out["masked_image"].mode == "RGB"
+    assert out["mask"].shape == (32, 32) and out["mask"].dtype == bool
+    assert out["patch_mask"].sum() == 8  # half of the 16 latent patches
+    assert out["mask"].mean() == 0.5
+    # Hidden regions of the masked image are mid grey.
+    masked = np.array(out["masked_image"]).astype(int)
+    assert np.all(np.abs(masked[out["mask"]] - 128) <= 1)
+
+
+def test_same_seed_same_output(pipe):
+    image = make_image()
+    first, second = pipe(image, mask_ratio=0.5, seed=7), pipe(image, mask_ratio=0.5, seed=7)
+    assert np.array_equal(np.array(first["reconstruction"]), np.array(second["reconstruction"]))
+    assert np.array_equal(first["mask"], second["mask"])
+    masks = {pipe(image, mask_ratio=0.5, seed=seed)["patch_mask"].tobytes() for seed in range(5)}
+    assert len(masks) > 1
+
+
+def test_inputs_paths_arrays_lists(pipe, tmp_path):
+    path = tmp_path / "image.png"
+    make_image().save(path)
+    outputs = pipe([str(path), np.array(make_image(seed=1)), make_image(seed=2).convert("L")], mask_ratio=0.25, seed=0)
+    assert len(outputs) == 3 and all(o["patch_mask"].sum() == 4 for o in outputs)
+    assert pipe(path, seed=0)["patch_mask"].sum() == 12  # config.mask_ratio = 0.75 by default
+
+
+def test_inpainting_hides_exactly_the_touched_patches(pipe, tiny_model):
+    image = make_image(64, 64)  # 64 -> 32 px: each latent patch (8 px at 32) is 16 input pixels a side
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[0:16, 0:16] = True  # exactly patch (0, 0)
+    mask[40, 40] = True  # one pixel in patch (2, 2)
+    out = pipe(image, mask=mask)
+    expected = np.zeros((4, 4), dtype=bool)
+    expected[0, 0] = expected[2, 2] = True
+    assert np.array_equal(out["patch_mask"].reshape(4, 4), expected)
+
+    # The composited latents keep the image's latents where nothing was hidden, and the model fills the rest.
+    inputs = pipe.preprocess(image, mask=mask)
+    result = tiny_model.reconstruct(inputs["pixel_values"], patch_mask=inputs["patch_mask"])
+    latents = tiny_model.encode_images(inputs["pixel_values"])
+    visible = ~torch.from_numpy(expected).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    assert torch.allclose(result.latents[0][:, visible], latents[0][:, visible])
+    assert not torch.allclose(result.latents[0][:, ~visible], latents[0][:, ~visible])
+
+    # A PIL mask works too, and per-image masks go in dicts.
+    pil_mask = PIL.Image.fromarray(mask.astype(np.uint8) * 255)
+    assert np.array_equal(pipe(image, mask=pil_mask)["patch_mask"], out["patch_mask"])
+    right_column = np.zeros((64, 64), dtype=bool)
+    right_column[:, 60:] = True
+    both = pipe([{"image": image, "mask": mask}, {"image": image, "mask": right_column}])
+    assert [o["patch_mask"].sum() for o in both] == [2, 4]
+
+
+def test_empty_mask_is_a_vae_round_trip(pipe):
+    out = pipe(make_image(), mask=np.zeros((40, 50), dtype=bool))
+    assert not out["mask"].any()
+
+
+def test_clear_errors(pipe, tmp_path):
+    image = make_image()
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+        pipe(image, mask_ratio=1.0)
+    with pytest.raises(ValueError, match=r"mask_ratio must be in \[0, 1\)"):
+        pipe(image, mask_ratio=-0.1)
+    with pytest.raises(ValueError, match="must match"):
+        pipe(image, mask=np.zeros((10, 10), dtype=bool))
+    with pytest.raises(ValueError, match="every latent patch"):
+        pipe(image, mask=np.ones((40, 50), dtype=bool))
+    with pytest.raises(FileNotFoundError, match="No image file"):
+        pipe(str(tmp_path / "missing.png"))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="Could not read"):
+        pipe(str(tmp_path / "broken.png"))
+    with pytest.raises(ValueError, match="not both"):
+        pipe(image, mask=np.zeros((40, 50), dtype=bool), mask_ratio=0.5)
+
+
+def test_pipeline_save_pretrained_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "saved")
+    again = pipeline("lmd-reconstruction", model=str(tmp_path / "saved"))
+    image = make_image()
+    assert np.array_equal(
+        np.array(pipe(image, seed=1)["reconstruction"]), np.array(again(image, seed=1)["reconstruction"])
+    )
+
+
+def test_remote_code_pipeline_without_the_package(pipe, tiny_checkpoint, tmp_path):
+    image = make_image()
+    image.save(tmp_path / "image.png")
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[:10, :10] = True
+    np.save(tmp_path / "mask.npy", mask)
+    expected = pipe(image, mask_ratio=0.5, seed=3)
+    expected_inpaint = pipe(image, mask=mask)
+    run_without_package(
+        f"""
+        import numpy as np
+        from transformers import pipeline
+        pipe = pipeline("lmd-reconstruction", model={str(tiny_checkpoint)!r}, trust_remote_code=True)
+        assert type(pipe).__module__.startswith("transformers_modules"), type(pipe).__module__
+        out = pipe("image.png", mask_ratio=0.5, seed=3)
+        out["reconstruction"].save("reconstruction.png")
+        np.save("patch_mask.npy", out["patch_mask"])
+        inpaint = pipe("image.png", mask=np.load("mask.npy"))
+        inpaint["reconstruction"].save("inpaint.png")
+        """,
+        cwd=tmp_path,
+    )
+    assert np.array_equal(np.array(PIL.Image.open(tmp_path / "reconstruction.png")), np.array(expected["reconstruction"]))
+    assert np.array_equal(np.load(tmp_path / "patch_mask.npy"), expected["patch_mask"])
+    assert np.array_equal(np.array(PIL.Image.open(tmp_path / "inpaint.png")), np.array(expected_inpaint["reconstruction"]))
