@@ -1,0 +1,236 @@
+"""LMDTrainer: mask-ratio schedule per optimizer step, exact resume, frozen VAE, optimizer groups, evaluation."""
+
+import glob
+import math
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_lmd import MASK_SCHEDULES, LMDConfig, LMDModel, mask_ratio_at
+from modeling_lmd.data import ImageDataset, RandomResizedCropFlip, ResizeCenterCrop, collate_fn
+from modeling_lmd.metrics import masked_psnr, mean_latent_fill
+from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Tiny models run far faster on one thread, and do not fight other processes for the cores.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def image_dataset(count: int = 6, size: int = 40, seed: int = 0) -> datasets.Dataset:
+    rng = np.random.default_rng(seed)
+    images = [Image.fromarray((rng.random((size, size + 8, 3)) * 255).astype(np.uint8)) for _ in range(count)]
+    return datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
+
+
+def make_model(schedule: str = "uniform") -> LMDModel:
+    torch.manual_seed(0)
+    return LMDModel(LMDConfig.from_preset("lmd-tiny", mask_schedule=schedule))
+
+
+def make_args(tmp_path, **overrides) -> LMDTrainingArguments:
+    kwargs = dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=6,
+        per_device_train_batch_size=2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        learning_rate=1e-3,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        seed=0,
+        data_seed=0,
+    )
+    kwargs.update(overrides)
+    return LMDTrainingArguments(**kwargs)
+
+
+def train_logs(trainer):
+    return [entry for entry in trainer.state.log_history if "loss" in entry]
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+@pytest.mark.parametrize("schedule", MASK_SCHEDULES)
+def test_logged_mask_ratio_follows_the_schedule(tmp_path, schedule, accumulation):
+    max_steps = 12
+    model = make_model(schedule)
+    seen = []  # (global_step, mask_ratio) of every forward
+    trainer = LMDTrainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=max_steps, gradient_accumulation_steps=accumulation),
+        train_dataset=ImageDataset(image_dataset(8), "image", RandomResizedCropFlip(32)),
+        data_collator=collate_fn,
+    )
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append((trainer.state.global_step, kwargs["mask_ratio"]))
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    trainer.train()
+
+    logs = train_logs(trainer)
+    assert [entry["step"] for entry in logs] == list(range(1, max_steps + 1))
+    for entry in logs:
+        expected = mask_ratio_at(schedule, entry["step"] - 1, max_steps, 0.15, 0.75)
+        assert entry["mask_ratio"] == pytest.approx(expected, abs=1e-12), entry
+    # Every micro-batch of optimizer step t trained at mask_ratio_at(t).
+    assert len(seen) == max_steps * accumulation
+    for step, ratio in seen:
+        assert ratio == pytest.approx(mask_ratio_at(schedule, step, max_steps), abs=1e-12)
+    assert model.config.mask_ratio == 0.75  # the evaluation ratio is never overwritten
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, accumulation):
+    max_steps, save_at = 8, 4  # 6 images / batch 2: the checkpoint falls inside an epoch
+    dataset = image_dataset()
+
+    def run(output_dir, resume=None, save=False):
+        trainer = LMDTrainer(
+            model=make_model("cosine"),
+            args=make_args(
+                tmp_path / output_dir, max_steps=max_steps, gradient_accumulation_steps=accumulation,
+                per_device_train_batch_size=3 - accumulation,
+                save_strategy="steps" if save else "no", save_steps=save_at,
+            ),
+            train_dataset=ImageDataset(dataset, "image", RandomResizedCropFlip(32), seed=0),
+            data_collator=collate_fn,
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        return trainer
+
+    full = run("full", save=True)
+    checkpoint = glob.glob(str(tmp_path / "full" / "out" / f"checkpoint-{save_at}"))[0]
+    resumed = run("resumed", resume=checkpoint)
+
+    full_logs = {entry["step"]: entry for entry in train_logs(full)}
+    # The resumed state carries the checkpoint's history (steps 1..save_at), then logs its own steps.
+    resumed_logs = {entry["step"]: entry for entry in train_logs(resumed) if entry["step"] > save_at}
+    assert sorted(resumed_logs) == list(range(save_at + 1, max_steps + 1))
+    for step, entry in resumed_logs.items():
+        assert entry["mask_ratio"] == pytest.approx(full_logs[step]["mask_ratio"], abs=1e-12)
+        assert entry["mask_ratio"] == pytest.approx(mask_ratio_at("cosine", step - 1, max_steps), abs=1e-12)
+        assert entry["loss"] == pytest.approx(full_logs[step]["loss"], abs=1e-4)
+    assert resumed_logs[max_steps]["loss"] == pytest.approx(full_logs[max_steps]["loss"], abs=1e-4)
+
+
+def test_vae_stays_frozen_and_gets_no_optimizer_state(tmp_path):
+    model = make_model()
+    vae_before = {k: v.clone() for k, v in model.vae.state_dict().items()}
+    trainer = LMDTrainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=3, learning_rate=1e-2),
+        train_dataset=ImageDataset(image_dataset(), "image", RandomResizedCropFlip(32)),
+        data_collator=collate_fn,
+    )
+    trainer.train()
+    trainer.save_model()
+
+    saved = load_file(str(tmp_path / "out" / "model.safetensors"))
+    for name, tensor in vae_before.items():
+        assert torch.equal(saved[f"vae.{name}"], tensor), name
+
+    names = {id(p): n for n, p in model.named_parameters()}
+    optimized = [names[id(p)] for group in trainer.optimizer.param_groups for p in group["params"]]
+    assert optimized and not any(n.startswith("vae.") for n in optimized)
+    assert sorted(optimized) == sorted(n for n, p in model.named_parameters() if not n.startswith("vae."))
+    with_state = [names[id(p)] for p in trainer.optimizer.state]
+    assert with_state and not any(n.startswith("vae.") for n in with_state)
+
+    decay = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    no_decay = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert "encoder.cls_token" in no_decay and "decoder.mask_token" in no_decay
+    assert all(not n.endswith("bias") and "norm" not in n for n in decay)
+    assert "encoder.patch_embed.weight" in decay and "decoder.pred.weight" in decay
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_base_learning_rate_scales_with_total_batch(tmp_path):
+    args = make_args(tmp_path, base_learning_rate=1.5e-4, per_device_train_batch_size=4, gradient_accumulation_steps=2)
+    trainer = LMDTrainer(model=make_model(), args=args, data_collator=collate_fn)
+    assert trainer.args.learning_rate == pytest.approx(1.5e-4 * 8 / 256)
+    assert (args.adam_beta1, args.adam_beta2, args.weight_decay) == (0.9, 0.95, 0.05)
+
+
+def test_evaluation_uses_the_fixed_ratio_and_seed(tmp_path):
+    model = make_model()
+    model.config.mask_ratio = 0.5
+    eval_set = ImageDataset(image_dataset(4, seed=1), "image", ResizeCenterCrop(32))
+    trainer = LMDTrainer(
+        model=model,
+        args=make_args(tmp_path, max_steps=2, per_device_eval_batch_size=3),
+        train_dataset=ImageDataset(image_dataset(), "image", RandomResizedCropFlip(32)),
+        eval_dataset=eval_set,
+        data_collator=collate_fn,
+        eval_baseline=True,
+    )
+    first, second = trainer.evaluate(), trainer.evaluate()
+    for key in ("eval_loss", "eval_masked_psnr", "eval_baseline_mean_latent_psnr"):
+        assert math.isfinite(first[key]) and first[key] == pytest.approx(second[key], abs=1e-7), key
+    assert first["eval_mask_ratio"] == 0.5
+
+    # eval_loss is the model's loss at config.mask_ratio under masks drawn from the fixed eval seed.
+    generator = torch.Generator().manual_seed(0)
+    per_sample = []
+    with torch.no_grad():
+        for indices in ([0, 1, 2], [3]):
+            pixels = collate_fn([eval_set[i] for i in indices])["pixel_values"]
+            noise = torch.rand(len(indices), model.config.num_patches, generator=generator)
+            per_sample += [model(pixel_values=pixels[i : i + 1], mask_ratio=0.5, noise=noise[i : i + 1]).loss
+                           for i in range(len(indices))]
+    assert first["eval_loss"] == pytest.approx(float(torch.stack(per_sample).mean()), abs=1e-6)
+    trainer.train()
+    assert model.config.mask_ratio == 0.5
+
+
+def test_mask_ratio_reaches_tensorboard(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    trainer = LMDTrainer(
+        model=make_model("uniform"),
+        args=make_args(tmp_path, max_steps=3, report_to="tensorboard"),
+        train_dataset=ImageDataset(image_dataset(), "image", RandomResizedCropFlip(32)),
+        data_collator=collate_fn,
+    )
+    trainer.train()
+    # transformers 5 writes TensorBoard events under <output_dir>/runs/<date_host>/.
+    files = glob.glob(str(tmp_path / "out" / "runs" / "**" / "events.out.tfevents.*"), recursive=True)
+    assert files
+    accumulator = EventAccumulator(files[0]).Reload()
+    events = accumulator.Scalars("train/mask_ratio")
+    assert [e.step for e in events] == [1, 2, 3]
+    assert [e.value for e in events] == pytest.approx([mask_ratio_at("uniform", k, 3) for k in range(3)], abs=1e-6)
+
+
+def test_masked_psnr_and_mean_latent_fill():
+    pixels = torch.zeros(2, 3, 8, 8)
+    reconstruction = torch.full_like(pixels, 0.2)  # [0, 1] error 0.1 -> MSE 0.01 -> 20 dB
+    pixel_mask = torch.zeros(2, 1, 8, 8)
+    pixel_mask[:, :, :4] = 1
+    reconstruction[:, :, 4:] = 1.0  # outside the mask: must not count
+    assert masked_psnr(reconstruction, pixels, pixel_mask) == pytest.approx(torch.tensor([20.0, 20.0]), abs=1e-4)
+
+    model = make_model()
+    latents = torch.randn(2, 4, 8, 8)
+    mask = torch.zeros(2, model.config.num_patches)
+    mask[:, :5] = 1
+    filled = mean_latent_fill(model, latents, mask)
+    patches, filled_patches = model.patchify(latents), model.patchify(filled)
+    visible = mask[0] == 0
+    assert torch.equal(filled_patches[:, visible], patches[:, visible])
+    channel_means = patches[:, visible].reshape(2, -1, 4).mean(dim=1)  # (B, C)
+    hidden = filled_patches[:, ~visible].reshape(2, -1, 4)
+    assert torch.allclose(hidden, channel_means[:, None, :].expand_as(hidden), atol=1e-6)
