@@ -1,0 +1,116 @@
+"""Push with `train_lmd.py --push_to_hub` to a local Hub-compatible server, load back with remote code.
+
+No internet: `tests/hub_server.py` serves the Hub API on 127.0.0.1 and the real `huggingface_hub` client talks to
+it through `HF_ENDPOINT`. The client reads `HF_ENDPOINT` when it is imported, so the push and the load each run
+in a fresh subprocess with that environment (the load also proves the checkpoint works from remote code alone).
+"""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import torch
+import yaml
+from diffusers import AutoencoderKL
+from PIL import Image
+
+from hub_server import HubServer
+from modeling_lmd import LMDModel
+from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ID = "tester/lmd-tiny-roundtrip"
+
+LOAD_SCRIPT = """
+import sys, torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+inputs = torch.load(sys.argv[2])
+with torch.no_grad():
+    out = model(pixel_values=inputs["pixel_values"], noise=inputs["noise"])
+torch.save({"loss": out.loss, "logits": out.logits, "mask": out.mask, "module": type(model).__module__,
+            "mask_ratio": model.config.mask_ratio}, sys.argv[3])
+"""
+
+
+def hub_env(endpoint: str, home: str) -> dict:
+    env = dict(os.environ)
+    env.update(
+        HF_ENDPOINT=endpoint,
+        HF_HUB_OFFLINE="0",
+        TRANSFORMERS_OFFLINE="0",
+        HF_TOKEN="hf_fake_token_for_the_local_test_server",
+        HF_HOME=home,
+        HF_HUB_DISABLE_TELEMETRY="1",
+        OMP_NUM_THREADS="1",
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+    return env
+
+
+def test_push_then_load_with_remote_code(tmp_path):
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 6), ("validation", 2)):
+        (tmp_path / "images" / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(tmp_path / "images" / split / f"{i}.png")
+    torch.manual_seed(0)
+    AutoencoderKL.from_config(TINY_KL_F4_VAE_CONFIG).save_pretrained(tmp_path / "vae")
+    output_dir = tmp_path / "run"
+
+    with HubServer(max_lifetime_s=240) as hub:
+        push = subprocess.run(
+            [sys.executable, os.path.join(REPO_ROOT, "train_lmd.py"),
+             "--train_dir", str(tmp_path / "images" / "train"),
+             "--validation_dir", str(tmp_path / "images" / "validation"),
+             "--vae_name_or_path", str(tmp_path / "vae"),
+             "--model_preset", "lmd-tiny", "--mask_schedule", "uniform",
+             "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", "2",
+             "--save_strategy", "no", "--disable_tqdm", "true", "--dataloader_pin_memory", "false",
+             "--log_level", "warning", "--dataset_tag", "toy-images",
+             "--push_to_hub", "--hub_model_id", REPO_ID],
+            env=hub_env(hub.endpoint, str(tmp_path / "hf-home-push")), cwd=str(tmp_path),
+            capture_output=True, text=True, timeout=240,
+        )
+        assert push.returncode == 0, push.stdout[-3000:] + push.stderr[-5000:]
+        assert not hub.server.errors and not hub.server.unhandled, (hub.server.errors, hub.server.unhandled)
+
+        files = hub.files(REPO_ID)
+        for name in ("config.json", "model.safetensors", "modeling_lmd.py", "configuration_lmd.py",
+                     "mask_schedulers.py", "preprocessor_config.json", "README.md", "reconstructions.png",
+                     "metrics.json"):
+            assert name in files, (name, sorted(files))
+        assert not any(name.startswith("checkpoint-") for name in files)
+        card = files["README.md"].decode()
+        metadata = yaml.safe_load(card.split("---")[1])
+        assert metadata["library_name"] == "transformers"
+        assert set(metadata["tags"]) >= {"lmd", "masked-image-modeling", "image-to-image"}
+        assert metadata["datasets"] == ["toy-images"] and metadata["pipeline_tag"] == "image-to-image"
+        assert REPO_ID in card and "uniform" in card
+
+        # Fresh process, fresh cache, outside the repository: load from the server with remote code.
+        local = LMDModel.from_pretrained(output_dir).eval()
+        generator = torch.Generator().manual_seed(0)
+        inputs = {"pixel_values": torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1,
+                  "noise": torch.rand(2, local.config.num_patches, generator=generator)}
+        torch.save(inputs, tmp_path / "inputs.pt")
+        load = subprocess.run(
+            [sys.executable, "-c", LOAD_SCRIPT, REPO_ID, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
+            env=hub_env(hub.endpoint, str(tmp_path / "hf-home-load")), cwd=str(tmp_path),
+            capture_output=True, text=True, timeout=240,
+        )
+        assert load.returncode == 0, load.stdout[-3000:] + load.stderr[-5000:]
+        assert any(path.startswith(f"/{REPO_ID}/resolve/") for _, path in hub.server.requests)
+
+    remote = torch.load(tmp_path / "out.pt")
+    with torch.no_grad():
+        expected = local(pixel_values=inputs["pixel_values"], noise=inputs["noise"])
+    assert remote["module"].startswith("transformers_modules")
+    assert torch.equal(remote["mask"], expected.mask)
+    assert torch.allclose(remote["logits"], expected.logits, atol=1e-6)
+    assert torch.allclose(remote["loss"], expected.loss, atol=1e-6)
+    assert remote["mask_ratio"] == local.config.mask_ratio

@@ -1,0 +1,250 @@
+"""train_lmd.py end to end on tiny images (in-process `main([...])`), latent caching, data helpers."""
+
+import importlib
+import json
+import os
+import sys
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import yaml
+from diffusers import AutoencoderKL
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_lmd import LMDModel, mask_ratio_at
+from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
+from modeling_lmd.data import (
+    ImageDataset,
+    RandomResizedCropFlip,
+    ResizeCenterCrop,
+    image_to_tensor,
+    random_resized_crop_box,
+    to_rgb,
+)
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def train_lmd():
+    sys.path.insert(0, REPO_ROOT)
+    try:
+        yield importlib.import_module("train_lmd")
+    finally:
+        sys.path.remove(REPO_ROOT)
+
+
+def write_image_folder(root, counts=(("train", 8), ("validation", 3)), seed=0):
+    """Random images of mixed modes (RGB, L, RGBA, P) and sizes, one folder per split."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts:
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for i in range(count):
+            image = Image.fromarray((rng.random((36 + 4 * (i % 3), 44, 3)) * 255).astype(np.uint8))
+            image = image.convert(("RGB", "L", "RGBA", "P")[i % 4])
+            image.save(os.path.join(root, split, f"img{i}.png"))
+    return root
+
+
+def write_tiny_vae(path):
+    torch.manual_seed(0)
+    AutoencoderKL.from_config(TINY_KL_F4_VAE_CONFIG).save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    return write_image_folder(str(tmp_path / "images"))
+
+
+@pytest.fixture
+def vae_folder(tmp_path):
+    return write_tiny_vae(str(tmp_path / "vae"))
+
+
+def base_args(image_folder, vae_folder, output_dir, *extra):
+    return [
+        "--train_dir", os.path.join(image_folder, "train"),
+        "--validation_dir", os.path.join(image_folder, "validation"),
+        "--vae_name_or_path", vae_folder,
+        "--model_preset", "lmd-tiny",
+        "--output_dir", str(output_dir),
+        "--max_steps", "4",
+        "--per_device_train_batch_size", "2",
+        "--per_device_eval_batch_size", "4",
+        "--logging_steps", "1",
+        "--save_strategy", "no",
+        "--dataloader_pin_memory", "false",
+        "--disable_tqdm", "true",
+        "--log_level", "warning",
+        "--seed", "0",
+        *extra,
+    ]
+
+
+def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_folder, tmp_path):
+    output_dir = tmp_path / "run"
+    # Every argument in one JSON file (typed values, as HfArgumentParser.parse_json_file expects).
+    config = {
+        "train_dir": os.path.join(image_folder, "train"),
+        "validation_dir": os.path.join(image_folder, "validation"),
+        "vae_name_or_path": vae_folder,
+        "model_preset": "lmd-tiny",
+        "mask_schedule": "piecewise",
+        "config_overrides": "mask_ratio=0.6",
+        "dataset_tag": "toy-images",
+        "output_dir": str(output_dir),
+        "max_steps": 4,
+        "per_device_train_batch_size": 2,
+        "per_device_eval_batch_size": 4,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "dataloader_pin_memory": False,
+        "disable_tqdm": True,
+        "log_level": "warning",
+        "seed": 0,
+    }
+    json_path = tmp_path / "args.json"
+    json_path.write_text(json.dumps(config))
+    metrics = train_lmd.main(str(json_path))
+
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json", "modeling_lmd.py",
+                 "configuration_lmd.py", "mask_schedulers.py", "reconstructions.png", "metrics.json", "README.md",
+                 "trainer_state.json"):
+        assert (output_dir / name).is_file(), name
+    written = json.loads((output_dir / "metrics.json").read_text())
+    assert written["global_step"] == 4 and written["mask_schedule"] == "piecewise"
+    for key in ("eval_loss", "eval_masked_psnr", "baseline_mean_latent_psnr", "train_loss"):
+        assert np.isfinite(written[key]), key
+    assert metrics["eval_masked_psnr"] == written["eval_masked_psnr"]
+
+    # mask_ratio logged at every step, equal to the schedule at step k - 1.
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    logged = [(entry["step"], entry["mask_ratio"]) for entry in history if "loss" in entry]
+    assert logged == [(k, pytest.approx(mask_ratio_at("piecewise", k - 1, 4))) for k in range(1, 5)]
+
+    # The saved config keeps the evaluation ratio; the VAE is the one we started from, bit for bit.
+    model = LMDModel.from_pretrained(output_dir)
+    assert model.config.mask_ratio == 0.6 and model.config.mask_schedule == "piecewise"
+    saved = load_file(str(output_dir / "model.safetensors"))
+    original = load_file(os.path.join(vae_folder, "diffusion_pytorch_model.safetensors"))
+    for name, tensor in original.items():
+        assert torch.equal(saved[f"vae.{name}"], tensor), name
+
+    grid = Image.open(output_dir / "reconstructions.png")
+    assert grid.width > grid.height / 3  # three columns
+
+    card = (output_dir / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---")[1])
+    assert metadata["library_name"] == "transformers"
+    assert set(metadata["tags"]) >= {"lmd", "masked-image-modeling", "image-to-image"}
+    assert metadata["pipeline_tag"] == "image-to-image" and metadata["datasets"] == ["toy-images"]
+    assert "piecewise" in card and "AutoModel.from_pretrained" in card and "{{" not in card
+
+
+def test_cache_latents_second_run_does_not_run_the_vae_encoder(
+    train_lmd, image_folder, vae_folder, tmp_path, monkeypatch
+):
+    cache_dir = tmp_path / "latent-cache"
+    calls = {"n": 0}
+    encode = AutoencoderKL.encode
+
+    def counting_encode(self, *args, **kwargs):
+        calls["n"] += 1
+        return encode(self, *args, **kwargs)
+
+    monkeypatch.setattr(AutoencoderKL, "encode", counting_encode)
+    extra = ("--cache_latents", "--latent_cache_dir", str(cache_dir), "--latent_cache_views", "2")
+    first = train_lmd.main(base_args(image_folder, vae_folder, tmp_path / "first", *extra))
+    assert calls["n"] > 0
+    entries = sorted(os.listdir(cache_dir))
+    assert len(entries) == 2  # train (2 views) and validation (1 view)
+    info = [json.loads((cache_dir / e / "cache_info.json").read_text()) for e in entries]
+    assert sorted(i["num_views"] for i in info) == [1, 2]
+
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("the VAE encoder ran although the latents are cached")
+
+    monkeypatch.setattr(AutoencoderKL, "encode", forbidden)
+    second = train_lmd.main(base_args(image_folder, vae_folder, tmp_path / "second", *extra))
+    assert second["global_step"] == 4 and np.isfinite(second["train_loss"])
+    assert second["eval_loss"] == pytest.approx(first["eval_loss"], abs=1e-6)  # same data, same seed
+    assert sorted(os.listdir(cache_dir)) == entries
+    assert (tmp_path / "second" / "reconstructions.png").is_file()
+
+
+def test_continue_from_a_checkpoint_with_overrides(train_lmd, image_folder, vae_folder, tmp_path, tiny_checkpoint):
+    metrics = train_lmd.main([
+        *base_args(image_folder, vae_folder, tmp_path / "continued", "--max_steps", "2"),
+        "--model_name_or_path", str(tiny_checkpoint), "--mask_schedule", "constant", "--do_train",
+    ])
+    assert metrics["global_step"] == 2 and "eval_loss" not in metrics
+    assert LMDModel.from_pretrained(tmp_path / "continued").config.mask_schedule == "constant"
+
+
+def test_parse_config_overrides(train_lmd):
+    parsed = train_lmd.parse_config_overrides("hidden_size=64, norm_latent_loss=true,mask_ratio=0.5,hidden_act=gelu")
+    assert parsed == {"hidden_size": 64, "norm_latent_loss": True, "mask_ratio": 0.5, "hidden_act": "gelu"}
+    with pytest.raises(ValueError, match="not an overridable"):
+        train_lmd.parse_config_overrides("nonsense=1")
+    with pytest.raises(ValueError, match="key=value"):
+        train_lmd.parse_config_overrides("hidden_size")
+
+
+def test_images_become_rgb_in_minus_one_one():
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8))
+    for image in (rgb, rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("CMYK"),
+                  Image.fromarray((rng.random((10, 12)) * 65535).astype(np.uint16))):
+        converted = to_rgb(image)
+        assert converted.mode == "RGB" and converted.size == (12, 10)
+        tensor = image_to_tensor(converted)
+        assert tensor.shape == (3, 10, 12) and tensor.min() >= -1 and tensor.max() <= 1
+    assert torch.allclose(image_to_tensor(Image.new("RGB", (2, 2), (255, 0, 128)))[:, 0, 0],
+                          torch.tensor([1.0, -1.0, 128 / 127.5 - 1]), atol=1e-6)
+
+
+def test_augmentation_is_seeded_and_follows_the_paper():
+    image = Image.fromarray((np.random.default_rng(0).random((50, 70, 3)) * 255).astype(np.uint8))
+    transform = RandomResizedCropFlip(32)
+    a = transform(image, torch.Generator().manual_seed(1))
+    b = transform(image, torch.Generator().manual_seed(1))
+    c = transform(image, torch.Generator().manual_seed(2))
+    assert a.shape == (3, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    for seed in range(50):
+        left, top, right, bottom = random_resized_crop_box(70, 50, (0.2, 1.0), (3 / 4, 4 / 3),
+                                                           torch.Generator().manual_seed(seed))
+        area = (right - left) * (bottom - top) / (70 * 50)
+        assert 0 <= left < right <= 70 and 0 <= top < bottom <= 50
+        assert 0.18 <= area <= 1.0
+    assert ResizeCenterCrop(32)(image).shape == (3, 32, 32)
+
+    dataset = datasets.Dataset.from_dict({"image": [image] * 3}, features=datasets.Features({"image": datasets.Image()}))
+    items = ImageDataset(dataset, "image", transform, seed=0)
+    first = items[0]["pixel_values"]
+    assert torch.equal(first, items[0]["pixel_values"])  # a pure function of (seed, epoch, index)
+    items.set_epoch(1)
+    assert not torch.equal(first, items[0]["pixel_values"])
+
+
+def test_unreadable_image_is_named(tmp_path):
+    folder = write_image_folder(str(tmp_path / "images"), counts=(("train", 2),))
+    with open(os.path.join(folder, "train", "broken.png"), "wb") as handle:
+        handle.write(b"\x89PNG\r\n\x1a\n not really a png")
+    dataset = datasets.load_dataset("imagefolder", data_dir=os.path.join(folder, "train"), split="train")
+    items = ImageDataset(dataset, "image", ResizeCenterCrop(32))
+    broken = [i for i in range(len(items)) if "broken" in str(dataset.cast_column("image", datasets.Image(decode=False))[i]["image"]["path"])]
+    with pytest.raises(ValueError, match=r"row \d+ .*broken\.png"):
+        items[broken[0]]
