@@ -167,8 +167,18 @@ def parse_arguments(args: list[str] | str | None):
     if isinstance(args, (str, os.PathLike)):
         args = [str(args)]
     if len(args) == 1 and args[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(args[0]))
-    return parser.parse_args_into_dataclasses(args=list(args))
+        with open(args[0], encoding="utf-8") as handle:
+            given = set(json.load(handle))
+        parsed = parser.parse_json_file(json_file=os.path.abspath(args[0]))
+    else:
+        given = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
+        parsed = parser.parse_args_into_dataclasses(args=list(args))
+    # Neither --do_train nor --do_eval given: do both (TrainingArguments turns do_eval on by itself whenever an
+    # eval_strategy is set, which must not silently switch training off).
+    training_args = parsed[2]
+    if not {"do_train", "do_eval"} & given:
+        training_args.do_train = training_args.do_eval = True
+    return parsed
 
 
 def resolve_vae(model_args: ModelArguments) -> str | None:
@@ -365,9 +375,8 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
     )
 
     do_train, do_eval = training_args.do_train, training_args.do_eval
-    if not do_train and not do_eval:
-        do_train = do_eval = True
-        logger.info("Neither --do_train nor --do_eval given: doing both.")
+    if not do_train:
+        logger.warning("Not training: --do_eval was given without --do_train.")
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint in ("last", "latest", "auto"):
