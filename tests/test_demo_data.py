@@ -133,9 +133,10 @@ def test_shipped_vae_loads_and_reconstructs(tmp_path):
     b = ((rec + 1) / 2).clamp(0, 1)
     mse = ((a - b) ** 2).flatten(1).mean(1)
     psnr = float((-10 * torch.log10(mse)).mean())
+    print(f"demo VAE PSNR on {len(batch)} {photo['name']} tiles: {psnr:.2f} dB")
     assert psnr > PSNR_THRESHOLD, psnr
 
 
-# Measured held-out PSNR of the shipped VAE on these tiles is in examples/VAE_RESULTS.md; the threshold
-# sits a little below it.
-PSNR_THRESHOLD = 24.0
+# The shipped VAE reaches 29.09 dB on these 8 held-out chelsea tiles (24.41 dB mean over the whole
+# validation split, see examples/VAE_RESULTS.md); the threshold sits a little below the measured value.
+PSNR_THRESHOLD = 27.5

@@ -1,0 +1,134 @@
+#!/usr/bin/env python
+"""Held-out reconstruction quality of a diffusers AutoencoderKL on the demo validation photographs.
+
+Encodes each validation tile, decodes the posterior mode and reports the mean PSNR (dB, pixels in [0, 1])
+and mean SSIM (``skimage.metrics.structural_similarity``, ``channel_axis=-1``, ``data_range=1``). Also
+reports the statistics of the scaled latents ``(z - shift_factor) * scaling_factor``, which should be about
+zero mean / unit std for the shipped VAE.
+
+    python examples/eval_vae.py                       # the shipped modeling_lmd/pretrained/demo-vae
+    python examples/eval_vae.py --vae path/to/vae --output_json results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+DEFAULT_VAE = os.path.join(REPO_ROOT, "modeling_lmd", "pretrained", "demo-vae")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--vae", default=DEFAULT_VAE, help="diffusers AutoencoderKL folder (default: the shipped demo VAE)")
+    p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--num_threads", type=int, default=2)
+    p.add_argument("--output_json", default=None, help="where to write the metrics (default: <vae>/eval_results.json)")
+    return p.parse_args(argv)
+
+
+def load_tiles(folder: str):
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
+    arrs = []
+    for name in names:
+        with Image.open(os.path.join(folder, name)) as img:
+            arrs.append(np.asarray(img.convert("RGB")))
+    return names, np.stack(arrs)
+
+
+@torch.no_grad()
+def reconstruct(vae, images_uint8: np.ndarray, batch_size: int = 64):
+    """Posterior-mode reconstructions in [0, 1] (N, H, W, 3) float64, and the raw latents."""
+    recs, latents = [], []
+    for i in range(0, len(images_uint8), batch_size):
+        x = torch.from_numpy(images_uint8[i : i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        z = vae.encode(x).latent_dist.mode()
+        rec = vae.decode(z).sample
+        recs.append(((rec + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).double().numpy())
+        latents.append(z)
+    return np.concatenate(recs), torch.cat(latents)
+
+
+def psnr_ssim(images_uint8: np.ndarray, recs: np.ndarray):
+    from skimage.metrics import structural_similarity
+
+    ref = images_uint8.astype(np.float64) / 255.0
+    mse = ((ref - recs) ** 2).reshape(len(ref), -1).mean(1)
+    psnr = -10.0 * np.log10(np.maximum(mse, 1e-10))
+    ssim = np.array(
+        [structural_similarity(a, b, channel_axis=-1, data_range=1.0) for a, b in zip(ref, recs)]
+    )
+    return psnr, ssim
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.num_threads)
+    from diffusers import AutoencoderKL
+
+    sys.path.insert(0, REPO_ROOT)
+    from modeling_lmd.demo_data import build_demo_dataset
+
+    meta = build_demo_dataset(args.data_dir, resolution=args.resolution)
+    names, images = load_tiles(os.path.join(args.data_dir, args.split))
+
+    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    start = time.time()
+    recs, latents = reconstruct(vae, images, args.batch_size)
+    seconds = time.time() - start
+    psnr, ssim = psnr_ssim(images, recs)
+
+    shift = vae.config.shift_factor or 0.0
+    scaled = (latents - shift) * vae.config.scaling_factor
+    per_photo = {}
+    for name, p, s in zip(names, psnr, ssim):
+        photo = name.rsplit("_s", 1)[0]
+        per_photo.setdefault(photo, []).append((p, s))
+    results = {
+        "vae": os.path.relpath(os.path.abspath(args.vae), REPO_ROOT) if os.path.abspath(args.vae).startswith(REPO_ROOT) else args.vae,
+        "split": args.split,
+        "resolution": args.resolution,
+        "num_tiles": int(len(images)),
+        "photos": sorted(per_photo),
+        "psnr_db": round(float(psnr.mean()), 3),
+        "ssim": round(float(ssim.mean()), 4),
+        "per_photo": {
+            k: {"tiles": len(v), "psnr_db": round(float(np.mean([a for a, _ in v])), 3), "ssim": round(float(np.mean([b for _, b in v])), 4)}
+            for k, v in sorted(per_photo.items())
+        },
+        "latent_shape": list(latents.shape[1:]),
+        "scaled_latent_mean": round(float(scaled.mean()), 4),
+        "scaled_latent_std": round(float(scaled.std()), 4),
+        "encode_decode_seconds": round(seconds, 2),
+        "demo_data_version": meta.get("version"),
+    }
+    out = args.output_json or os.path.join(args.vae, "eval_results.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
+    print(f"{args.split}: {len(images)} tiles from {', '.join(sorted(per_photo))} at {args.resolution} px")
+    print(f"PSNR {results['psnr_db']:.2f} dB   SSIM {results['ssim']:.4f}   latents {results['latent_shape']}")
+    for k, v in results["per_photo"].items():
+        print(f"  {k:<12} {v['tiles']:>4} tiles  PSNR {v['psnr_db']:.2f} dB  SSIM {v['ssim']:.4f}")
+    print(f"scaled latents: mean {results['scaled_latent_mean']:+.3f} std {results['scaled_latent_std']:.3f}")
+    print(f"wrote {out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+#!/usr/bin/env python
+"""Train the small demo VAE (diffusers ``AutoencoderKL``) on the offline demo dataset, on CPU.
+
+The result is saved in diffusers format (``save_pretrained``) and is what ships in
+``modeling_lmd/pretrained/demo-vae``. Its config carries ``scaling_factor`` = 1 / std and ``shift_factor`` =
+mean of the training latents (posterior mode), so that ``(z - shift_factor) * scaling_factor`` is about
+unit scale.
+
+Example (the command used for the shipped VAE is in ``modeling_lmd/pretrained/demo-vae/README.md``)::
+
+    python -m modeling_lmd.demo_data --output_dir data/demo --resolution 64
+    python examples/train_vae.py --data_dir data/demo --output_dir modeling_lmd/pretrained/demo-vae
+
+Everything runs offline: the data are the demo photographs, the VAE is initialised from scratch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+
+logger = logging.getLogger("train_vae")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Train a small AutoencoderKL on the LMD demo data (CPU friendly).")
+    p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
+    p.add_argument("--output_dir", default="modeling_lmd/pretrained/demo-vae")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 128],
+                   help="one entry per resolution level; downsampling factor = 2 ** (len - 1)")
+    p.add_argument("--layers_per_block", type=int, default=1)
+    p.add_argument("--norm_num_groups", type=int, default=16)
+    p.add_argument("--latent_channels", type=int, default=4)
+    p.add_argument("--no_mid_attention", action="store_true", help="drop the attention layer of the mid blocks")
+    p.add_argument("--max_steps", type=int, default=None, help="number of optimisation steps (defines the lr schedule)")
+    p.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget; without --max_steps the cosine schedule follows elapsed time")
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--learning_rate", type=float, default=1e-3)
+    p.add_argument("--min_lr_ratio", type=float, default=0.02, help="final lr = learning_rate * min_lr_ratio")
+    p.add_argument("--warmup_steps", type=int, default=100)
+    p.add_argument("--weight_decay", type=float, default=0.0)
+    p.add_argument("--l1_weight", type=float, default=1.0)
+    p.add_argument("--mse_weight", type=float, default=0.0)
+    p.add_argument("--kl_weight", type=float, default=1e-6)
+    p.add_argument("--crop_size", type=int, default=32,
+                   help="train on random crops of this size (fully convolutional, ~4x cheaper than full tiles)")
+    p.add_argument("--full_res_fraction", type=float, default=0.15,
+                   help="last fraction of the training run uses full-resolution tiles (no crop)")
+    p.add_argument("--num_threads", type=int, default=2)
+    p.add_argument("--eval_every", type=int, default=0, help="evaluate validation PSNR every N steps (0: only at the end)")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def load_split(data_dir: str, split: str) -> torch.Tensor:
+    """All PNG tiles of a split as a uint8 tensor (N, 3, H, W), in sorted file order."""
+    folder = os.path.join(data_dir, split)
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
+    arrs = []
+    for name in names:
+        with Image.open(os.path.join(folder, name)) as img:
+            arrs.append(np.asarray(img.convert("RGB")))
+    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+
+
+def to_model_range(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div_(127.5).sub_(1.0)
+
+
+def augment(x: torch.Tensor, gen: torch.Generator, crop: int) -> torch.Tensor:
+    """Random crop of side ``crop`` plus random horizontal / vertical flips, per sample (x: B,C,H,W)."""
+    b, _, h, w = x.shape
+    if crop < h or crop < w:
+        ys = torch.randint(0, h - crop + 1, (b,), generator=gen).tolist()
+        xs = torch.randint(0, w - crop + 1, (b,), generator=gen).tolist()
+        x = torch.stack([x[i, :, y : y + crop, xx : xx + crop] for i, (y, xx) in enumerate(zip(ys, xs))])
+    hflip = torch.rand(b, generator=gen) < 0.5
+    vflip = torch.rand(b, generator=gen) < 0.25
+    x = x.clone()
+    x[hflip] = x[hflip].flip(-1)
+    x[vflip] = x[vflip].flip(-2)
+    return x
+
+
+@torch.no_grad()
+def evaluate_psnr(vae, images_uint8: torch.Tensor, batch_size: int = 64) -> float:
+    """Mean PSNR (dB, pixels in [0, 1]) of posterior-mode reconstructions."""
+    vae.eval()
+    psnrs = []
+    for i in range(0, len(images_uint8), batch_size):
+        x = to_model_range(images_uint8[i : i + batch_size])
+        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+        a = ((x + 1) / 2).clamp(0, 1)
+        b = ((rec + 1) / 2).clamp(0, 1)
+        mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
+        psnrs.append(-10 * torch.log10(mse))
+    vae.train()
+    return float(torch.cat(psnrs).mean())
+
+
+@torch.no_grad()
+def latent_stats(vae, images_uint8: torch.Tensor, batch_size: int = 64):
+    """Mean and std of the posterior-mode latents over all elements."""
+    vae.eval()
+    total, total_sq, count = 0.0, 0.0, 0
+    for i in range(0, len(images_uint8), batch_size):
+        z = vae.encode(to_model_range(images_uint8[i : i + batch_size])).latent_dist.mode().double()
+        total += float(z.sum())
+        total_sq += float((z * z).sum())
+        count += z.numel()
+    mean = total / count
+    std = math.sqrt(max(total_sq / count - mean * mean, 1e-12))
+    return mean, std
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(args.num_threads)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+
+    from diffusers import AutoencoderKL
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    from modeling_lmd.demo_data import build_demo_dataset
+
+    build_demo_dataset(args.data_dir, resolution=args.resolution)
+    train = load_split(args.data_dir, "train")
+    val = load_split(args.data_dir, "validation")
+    logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
+
+    n_levels = len(args.block_out_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n_levels,
+        up_block_types=("UpDecoderBlock2D",) * n_levels,
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        latent_channels=args.latent_channels,
+        norm_num_groups=args.norm_num_groups,
+        sample_size=args.resolution,
+        mid_block_add_attention=not args.no_mid_attention,
+        scaling_factor=1.0,
+        shift_factor=0.0,
+        force_upcast=False,
+    )
+    vae = vae.to(memory_format=torch.channels_last)
+    n_params = sum(p.numel() for p in vae.parameters())
+    logger.info("AutoencoderKL: %.2f M parameters, downsampling factor %d", n_params / 1e6, 2 ** (n_levels - 1))
+
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=(0.9, 0.99), weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    if args.max_steps is None and args.max_minutes is None:
+        raise SystemExit("give --max_steps and/or --max_minutes")
+
+    def lr_at(progress: float, step: int) -> float:
+        if step < args.warmup_steps:
+            return args.learning_rate * (step + 1) / args.warmup_steps
+        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return args.learning_rate * (args.min_lr_ratio + (1 - args.min_lr_ratio) * cos)
+
+    start = time.time()
+    budget_s = args.max_minutes * 60 if args.max_minutes is not None else float("inf")
+    total = args.max_steps
+    pbar = tqdm(total=total, desc="train vae", dynamic_ncols=True, mininterval=5)
+    perm = torch.randperm(len(train), generator=gen)
+    pos, step = 0, 0
+    ema_loss = None
+    history = []
+    vae.train()
+    if total is None:
+        logger.info("no --max_steps: lr schedule and crop switch follow elapsed time (not step-deterministic)")
+    while True:
+        elapsed = time.time() - start
+        if (total is not None and step >= total) or elapsed >= budget_s:
+            break
+        progress = step / total if total is not None else elapsed / budget_s
+        lr = lr_at(progress, step)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if pos + args.batch_size > len(perm):
+            perm = torch.randperm(len(train), generator=gen)
+            pos = 0
+        idx = perm[pos : pos + args.batch_size]
+        pos += args.batch_size
+        crop = args.resolution if progress >= 1.0 - args.full_res_fraction else args.crop_size
+        x = to_model_range(augment(train[idx], gen, crop)).contiguous(memory_format=torch.channels_last)
+
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
+        rec = vae.decode(z).sample
+        loss = 0.0
+        l1 = (rec - x).abs().mean()
+        mse = ((rec - x) ** 2).mean()  # noqa
+        kl = posterior.kl().mean() / x[0].numel()  # per pixel-channel
+        loss = args.l1_weight * l1 + args.mse_weight * mse + args.kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+
+        # PSNR of the batch in [0, 1] pixel units: MSE in [-1, 1] units is 4x larger.
+        batch_psnr = float(-10 * torch.log10(mse.detach() / 4))
+        ema_loss = batch_psnr if ema_loss is None else 0.98 * ema_loss + 0.02 * batch_psnr
+        pbar.update(1)
+        if step % 20 == 0:
+            pbar.set_postfix(psnr=f"{ema_loss:.2f}", kl=f"{float(kl.detach()):.1f}", lr=f"{lr:.2e}")
+        if args.eval_every and step % args.eval_every == 0:
+            val_psnr = evaluate_psnr(vae, val)
+            history.append({"step": step, "minutes": (time.time() - start) / 60, "val_psnr": val_psnr})
+            logger.info("step %d (%.1f min): train psnr(ema) %.2f, val psnr %.2f", step, history[-1]["minutes"], ema_loss, val_psnr)
+    pbar.close()
+    train_minutes = (time.time() - start) / 60
+
+    vae.eval()
+    mean, std = latent_stats(vae, train)
+    vae.register_to_config(scaling_factor=float(1.0 / std), shift_factor=float(mean))
+    val_psnr = evaluate_psnr(vae, val)
+    logger.info("done: %d steps in %.1f min; val PSNR %.2f dB; latent mean %.4f std %.4f", step, train_minutes, val_psnr, mean, std)
+
+    os.makedirs(args.output_dir, exist_ok=True)
+    vae.save_pretrained(args.output_dir, safe_serialization=True)
+    info = {
+        "command": "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else list(argv))),
+        "steps": step,
+        "train_minutes": round(train_minutes, 2),
+        "num_threads": args.num_threads,
+        "parameters": n_params,
+        "val_psnr": round(val_psnr, 3),
+        "latent_mean": mean,
+        "latent_std": std,
+        "train_tiles": len(train),
+        "val_tiles": len(val),
+        "args": vars(args),
+        "history": history,
+    }
+    with open(os.path.join(args.output_dir, "training_info.json"), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+        f.write("\n")
+    print(json.dumps({k: info[k] for k in ("steps", "train_minutes", "val_psnr", "latent_mean", "latent_std")}))
+    return info
+
+
+if __name__ == "__main__":
+    main()
