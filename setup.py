@@ -8,7 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["modeling_lmd", "modeling_lmd.*"]),
     include_package_data=True,
-    package_data={"modeling_lmd": ["pretrained/*/*", "model_card_template.md"]},
+    # The project-trained demo VAE ships inside the package: the offline default of train_lmd.py.
+    package_data={"modeling_lmd": ["pretrained/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch",
@@ -20,6 +21,8 @@ setup(
         "huggingface_hub",
         "pillow",
         "numpy",
+        "jinja2",  # renders model_card.md
+        "tqdm",
     ],
     extras_require={
         # Sources of the offline demo photographs (they ship inside these packages).
