@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
 from .metrics import composite_latents, masked_psnr, mean_latent_fill, per_sample_masked_mse
 
@@ -37,7 +38,7 @@ from .metrics import composite_latents, masked_psnr, mean_latent_fill, per_sampl
 logger = logging.getLogger(__name__)
 
 #: Parameter-name endings that never get weight decay (besides biases and norms).
-NO_DECAY_NAMES = ("cls_token", "mask_token", "position_embeddings")
+NO_DECAY_NAMES = ("cls_token", "mask_token")
 
 
 @dataclass
@@ -124,8 +125,6 @@ class LMDTrainer(Trainer):
         step = self.state.global_step
         if step != self._noise_step:
             self._noise_step, self._noise_micro_batch = step, 0
-        from .data import derive_seed
-
         seed = derive_seed("mask", self.args.seed, step, self._noise_micro_batch, self.args.process_index)
         self._noise_micro_batch += 1
         generator = torch.Generator().manual_seed(seed)

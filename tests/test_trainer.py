@@ -16,15 +16,6 @@ from modeling_lmd.metrics import masked_psnr, mean_latent_fill
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models run far faster on one thread, and do not fight other processes for the cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def image_dataset(count: int = 6, size: int = 40, seed: int = 0) -> datasets.Dataset:
     rng = np.random.default_rng(seed)
     images = [Image.fromarray((rng.random((size, size + 8, 3)) * 255).astype(np.uint8)) for _ in range(count)]
