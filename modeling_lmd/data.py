@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .image_processing_lmd import to_rgb_image
+
 
 logger = logging.getLogger(__name__)
 
@@ -61,28 +63,6 @@ def derive_seed(*parts: Any) -> int:
 
 
 # --- images ----------------------------------------------------------------------------------------------
-
-
-def to_rgb(image: Any) -> Image.Image:
-    """A PIL image in RGB (grayscale, RGBA, palette, CMYK, 16-bit... converted; alpha composited on white)."""
-    if isinstance(image, np.ndarray):
-        image = Image.fromarray(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"Expected a PIL image or a numpy array, got {type(image).__name__}.")
-    if image.mode == "RGB":
-        return image
-    if image.mode == "P":
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
-        return background
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = Image.fromarray(array.round().astype(np.uint8))
-    return image.convert("RGB")
 
 
 def image_to_tensor(image: Image.Image) -> torch.Tensor:
@@ -138,7 +118,7 @@ class RandomResizedCropFlip:
         self.size, self.scale, self.ratio, self.flip_probability = int(size), tuple(scale), tuple(ratio), flip_probability
 
     def __call__(self, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-        image = to_rgb(image)
+        image = to_rgb_image(image)
         box = random_resized_crop_box(image.width, image.height, self.scale, self.ratio, generator)
         image = image.resize((self.size, self.size), Image.BICUBIC, box=box)
         if float(torch.rand(1, generator=generator)) < self.flip_probability:
@@ -157,7 +137,7 @@ class ResizeCenterCrop:
         self.size = int(size)
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        image = to_rgb(image)
+        image = to_rgb_image(image)
         scale = self.size / min(image.width, image.height)
         new_w, new_h = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
         if (new_w, new_h) != image.size:
@@ -193,7 +173,7 @@ def find_image_column(dataset, requested: str | None = None) -> str:
 def _read_image(dataset, image_column: str, index: int) -> Image.Image:
     """The image of row `index` as RGB, or a `ValueError` naming the row and, where known, the file."""
     try:
-        return to_rgb(dataset[index][image_column])
+        return to_rgb_image(dataset[index][image_column])
     except Exception as error:  # noqa: BLE001 - re-raised with the file that caused it
         where = f"row {index} of the dataset"
         try:
@@ -466,6 +446,5 @@ __all__ = [
     "latent_cache_key",
     "load_image_datasets",
     "random_resized_crop_box",
-    "to_rgb",
     "vae_identity",
 ]

@@ -63,6 +63,12 @@ def to_rgb_image(image: Any) -> PIL.Image.Image:
         raise TypeError(
             f"Unsupported image type {type(image).__name__}; expected a path, a PIL image, a numpy array or a tensor."
         )
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float scans: stretch their own range to 8 bits (PIL's convert would clip at 255).
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
+        image = PIL.Image.fromarray(array.round().astype(np.uint8))
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):

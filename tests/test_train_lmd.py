@@ -22,8 +22,8 @@ from modeling_lmd.data import (
     ResizeCenterCrop,
     image_to_tensor,
     random_resized_crop_box,
-    to_rgb,
 )
+from modeling_lmd.image_processing_lmd import to_rgb_image
 
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,7 +200,7 @@ def test_images_become_rgb_in_minus_one_one():
     rgb = Image.fromarray((rng.random((10, 12, 3)) * 255).astype(np.uint8))
     for image in (rgb, rgb.convert("L"), rgb.convert("RGBA"), rgb.convert("P"), rgb.convert("CMYK"),
                   Image.fromarray((rng.random((10, 12)) * 65535).astype(np.uint16))):
-        converted = to_rgb(image)
+        converted = to_rgb_image(image)
         assert converted.mode == "RGB" and converted.size == (12, 10)
         tensor = image_to_tensor(converted)
         assert tensor.shape == (3, 10, 12) and tensor.min() >= -1 and tensor.max() <= 1
