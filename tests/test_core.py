@@ -355,4 +355,5 @@ def test_remote_code_loads_where_the_package_cannot_be_imported(tiny_model, tiny
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    # Same weights and masks; only the child's thread count (and so the summation order) may differ.
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=1e-5)
