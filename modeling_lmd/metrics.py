@@ -48,15 +48,6 @@ def masked_psnr(
     return torch.where(count > 0, psnr, torch.full_like(psnr, float("nan")))
 
 
-def composite_latents(
-    model, latents: torch.Tensor, predictions: torch.Tensor, mask: torch.Tensor
-) -> torch.Tensor:
-    """Visible patches from `latents`, hidden ones (mask 1) from `predictions` `(B, L, p*p*C)`; returns `(B, C, h, w)`."""
-    predicted = model.predictions_to_latents(predictions, latents)
-    mask_3d = mask.unsqueeze(-1).to(predicted.dtype)
-    return model.unpatchify(model.patchify(latents) * (1 - mask_3d) + predicted * mask_3d)
-
-
 def mean_latent_fill(model, latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Baseline: every hidden patch becomes the per-channel mean of the image's visible latents."""
     patches = model.patchify(latents)  # (B, L, p*p*C), each patch flattened as (p, p, C)
@@ -96,7 +87,7 @@ def masked_reconstruction(
     if noise is None:
         noise = torch.rand(latents.shape[0], model.config.num_patches, generator=generator)
     outputs = model(latents=latents, mask_ratio=mask_ratio, noise=noise.to(latents.device))
-    composite = composite_latents(model, latents, outputs.logits, outputs.mask)
+    composite = model.composite_latents(latents, outputs.logits, outputs.mask)
     result = {
         "reconstruction": model.decode_latents(composite).clamp(-1, 1),
         "mask": outputs.mask,
@@ -153,7 +144,6 @@ def save_reconstruction_grid(
 
 
 __all__ = [
-    "composite_latents",
     "masked_psnr",
     "masked_reconstruction",
     "mean_latent_fill",

@@ -576,6 +576,12 @@ class LMDModel(LMDPreTrainedModel):
         std = (target.var(dim=-1, keepdim=True) + 1.0e-6) ** 0.5
         return predictions * std + mean
 
+    def composite_latents(self, latents: torch.Tensor, predictions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Visible patches from `latents`, hidden ones (mask 1) from `predictions` `(B, L, p*p*C)` -> `(B, C, h, w)`."""
+        predicted = self.predictions_to_latents(predictions, latents)
+        mask_3d = mask.unsqueeze(-1).to(predicted.dtype)
+        return self.unpatchify(self.patchify(latents) * (1 - mask_3d) + predicted * mask_3d)
+
     def pixel_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """(B, L) patch mask -> (B, 1, H, W) pixel mask: each latent patch covers p * f pixels a side."""
         grid = self.config.latent_size // self.config.patch_size
@@ -620,10 +626,7 @@ class LMDModel(LMDPreTrainedModel):
             noise = torch.rand(batch, num_patches, generator=generator).to(latents.device)
 
         encoded, mask, ids_restore, _ = self.forward_encoder(latents, num_visible, noise)
-        predicted = self.predictions_to_latents(self.forward_decoder(encoded, ids_restore), latents)
-        patch_mask_3d = mask.unsqueeze(-1)
-        composite = self.patchify(latents) * (1 - patch_mask_3d) + predicted * patch_mask_3d
-        composite_latents = self.unpatchify(composite)
+        composite_latents = self.composite_latents(latents, self.forward_decoder(encoded, ids_restore), mask)
 
         reconstruction = self.decode_latents(composite_latents).clamp(-1, 1)
         pixel_mask = self.pixel_mask(mask).to(reconstruction.dtype)

@@ -32,7 +32,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
-from .metrics import composite_latents, masked_psnr, mean_latent_fill, per_sample_masked_mse
+from .metrics import masked_psnr, mean_latent_fill, per_sample_masked_mse
 
 
 logger = logging.getLogger(__name__)
@@ -197,7 +197,7 @@ class LMDTrainer(Trainer):
                 totals["loss"].append(per_sample_masked_mse(model, latents, outputs.logits, outputs.mask))
                 if self.compute_psnr and pixels is not None:
                     pixel_mask = model.pixel_mask(outputs.mask)
-                    composite = composite_latents(model, latents, outputs.logits, outputs.mask)
+                    composite = model.composite_latents(latents, outputs.logits, outputs.mask)
                     reconstruction = model.decode_latents(composite).clamp(-1, 1)
                     totals["masked_psnr"].append(masked_psnr(reconstruction, pixels, pixel_mask))
                     if self.eval_baseline:
