@@ -11,7 +11,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from conftest import random_images
 from modeling_lmd import LMDConfig, LMDForImageClassification, LMDModel
-from remote_code_helpers import run_without_package
+from subprocess_helpers import FLOAT_ATOL, run_without_package
 
 HEAD_KEYS = {"fc_norm.weight", "fc_norm.bias", "classifier.weight", "classifier.bias"}
 
@@ -113,7 +113,7 @@ def test_image_classification_pipeline_in_process_and_remote(classifier, tmp_pat
     )
     remote = json.loads((tmp_path / "predictions.json").read_text())
     assert [p["label"] for p in remote] == [p["label"] for p in expected]
-    assert np.allclose([p["score"] for p in remote], [p["score"] for p in expected], atol=1e-5)
+    assert np.allclose([p["score"] for p in remote], [p["score"] for p in expected], atol=FLOAT_ATOL)
 
 
 def test_scratch_model_with_the_same_vae(tiny_checkpoint):

@@ -9,7 +9,7 @@ import torch
 from transformers import pipeline
 
 from modeling_lmd import LMDReconstructionPipeline
-from remote_code_helpers import run_without_package
+from subprocess_helpers import assert_images_close, run_without_package
 
 
 def make_image(height=40, width=50, seed=0) -> PIL.Image.Image:
@@ -143,6 +143,7 @@ def test_remote_code_pipeline_without_the_package(pipe, tiny_checkpoint, tmp_pat
         """,
         cwd=tmp_path,
     )
-    assert np.array_equal(np.array(PIL.Image.open(tmp_path / "reconstruction.png")), np.array(expected["reconstruction"]))
+    # Masks are exact; decoded pixels may differ by one level between processes (see subprocess_helpers).
     assert np.array_equal(np.load(tmp_path / "patch_mask.npy"), expected["patch_mask"])
-    assert np.array_equal(np.array(PIL.Image.open(tmp_path / "inpaint.png")), np.array(expected_inpaint["reconstruction"]))
+    assert_images_close(PIL.Image.open(tmp_path / "reconstruction.png"), expected["reconstruction"])
+    assert_images_close(PIL.Image.open(tmp_path / "inpaint.png"), expected_inpaint["reconstruction"])
