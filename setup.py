@@ -8,8 +8,8 @@ setup(
     long_description_content_type="text/markdown",
     packages=find_packages(include=["modeling_lmd", "modeling_lmd.*"]),
     include_package_data=True,
-    # The project-trained demo VAE ships inside the package: the offline default of train_lmd.py.
-    package_data={"modeling_lmd": ["pretrained/*/*"]},
+    # The project-trained demo checkpoints ship inside the package (the offline defaults), with the card template.
+    package_data={"modeling_lmd": ["pretrained/*/*", "model_card_template.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch",

@@ -16,21 +16,24 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
 import numpy as np
 import torch
+from diffusers import AutoencoderKL
 from PIL import Image
+
+from modeling_lmd.demo_data import build_demo_dataset
+from modeling_lmd.metrics import psnr
+from modeling_lmd.pretrained import DEMO_VAE
 
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-DEFAULT_VAE = os.path.join(REPO_ROOT, "modeling_lmd", "pretrained", "demo-vae")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--vae", default=DEFAULT_VAE, help="diffusers AutoencoderKL folder (default: the shipped demo VAE)")
+    p.add_argument("--vae", default=DEMO_VAE, help="diffusers AutoencoderKL folder (default: the shipped demo VAE)")
     p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--split", default="validation")
@@ -66,23 +69,18 @@ def psnr_ssim(images_uint8: np.ndarray, recs: np.ndarray):
     from skimage.metrics import structural_similarity
 
     ref = images_uint8.astype(np.float64) / 255.0
-    mse = ((ref - recs) ** 2).reshape(len(ref), -1).mean(1)
-    psnr = -10.0 * np.log10(np.maximum(mse, 1e-10))
+    as_tensor = lambda x: torch.from_numpy(x).permute(0, 3, 1, 2) * 2 - 1  # noqa: E731  (N, H, W, 3) [0, 1] -> [-1, 1]
+    psnr_db = psnr(as_tensor(recs), as_tensor(ref)).numpy()
     ssim = np.array(
         [structural_similarity(a, b, channel_axis=-1, data_range=1.0) for a, b in zip(ref, recs)]
     )
-    return psnr, ssim
+    return psnr_db, ssim
 
 
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.num_threads)
-    from diffusers import AutoencoderKL
-
-    sys.path.insert(0, REPO_ROOT)
-    from modeling_lmd.demo_data import build_demo_dataset
-
     meta = build_demo_dataset(args.data_dir, resolution=args.resolution)
     names, images = load_tiles(os.path.join(args.data_dir, args.split))
 
@@ -90,12 +88,12 @@ def main(argv=None):
     start = time.time()
     recs, latents = reconstruct(vae, images, args.batch_size)
     seconds = time.time() - start
-    psnr, ssim = psnr_ssim(images, recs)
+    psnr_db, ssim = psnr_ssim(images, recs)
 
     shift = vae.config.shift_factor or 0.0
     scaled = (latents - shift) * vae.config.scaling_factor
     per_photo = {}
-    for name, p, s in zip(names, psnr, ssim):
+    for name, p, s in zip(names, psnr_db, ssim):
         photo = name.rsplit("_s", 1)[0]
         per_photo.setdefault(photo, []).append((p, s))
     results = {
@@ -104,7 +102,7 @@ def main(argv=None):
         "resolution": args.resolution,
         "num_tiles": int(len(images)),
         "photos": sorted(per_photo),
-        "psnr_db": round(float(psnr.mean()), 3),
+        "psnr_db": round(float(psnr_db.mean()), 3),
         "ssim": round(float(ssim.mean()), 4),
         "per_photo": {
             k: {"tiles": len(v), "psnr_db": round(float(np.mean([a for a, _ in v])), 3), "ssim": round(float(np.mean([b for _, b in v])), 4)}

@@ -10,17 +10,13 @@ Linear probe on scikit-learn's digits (offline): logistic regression on frozen f
 """
 
 import argparse
-import os
-import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
+from transformers import AutoImageProcessor, AutoModel
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from transformers import AutoImageProcessor, AutoModel  # noqa: E402
-
-import modeling_lmd  # noqa: E402,F401  (registers the Auto classes)
-from modeling_lmd import LMDImageProcessor  # noqa: E402
+from modeling_lmd import LMDImageProcessor  # importing the package registers the Auto classes
+from modeling_lmd.demo_data import digits_dataset
 
 
 def parse_args(argv=None):
@@ -69,9 +65,6 @@ def digits_probe(model, processor, args) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from finetune_classification import digits_dataset
 
     data = digits_dataset()
     train, test = data["train"], data["test"]

@@ -18,47 +18,19 @@ Without a pre-trained checkpoint, `--pretrain_steps N` pre-trains a small LMD on
 
 import argparse
 import json
-import math
 import os
 import time
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, load_dataset
+from transformers import Trainer, TrainingArguments
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-import torch  # noqa: E402
-from datasets import ClassLabel, Dataset, DatasetDict, load_dataset  # noqa: E402
-from transformers import Trainer, TrainingArguments  # noqa: E402
-
-from modeling_lmd import (  # noqa: E402
-    LMDConfig,
-    LMDForImageClassification,
-    LMDImageProcessor,
-    LMDModel,
-    mask_ratio_at,
-)
-
-DEFAULT_VAE = os.path.join(os.path.dirname(__file__), "..", "modeling_lmd", "pretrained", "demo-vae")
-
-
-def digits_dataset(seed: int = 0, test_fraction: float = 0.25) -> DatasetDict:
-    """scikit-learn's digits as a `DatasetDict` (train / test) with PIL `image` (8x8, grayscale) and `label`."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    pixels = (digits.images / 16.0 * 255.0).round().astype(np.uint8)  # values 0..16 -> 0..255
-    train_idx, test_idx = train_test_split(
-        np.arange(len(pixels)), test_size=test_fraction, random_state=seed, stratify=digits.target
-    )
-    names = [str(i) for i in range(10)]
-
-    def split(indices):
-        return Dataset.from_dict(
-            {"image": [PIL.Image.fromarray(pixels[i], mode="L") for i in indices], "label": digits.target[indices]}
-        ).cast_column("label", ClassLabel(names=names))
-
-    return DatasetDict(train=split(train_idx), test=split(test_idx))
+from modeling_lmd import LMDConfig, LMDForImageClassification, LMDForPreTraining, LMDImageProcessor
+from modeling_lmd.data import collate_fn
+from modeling_lmd.demo_data import digits_dataset
+from modeling_lmd.pretrained import DEMO_VAE
+from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
 
 
 def parse_args(argv=None):
@@ -83,7 +55,7 @@ def parse_args(argv=None):
     pre.add_argument("--pretrain_steps", type=int, default=0)
     pre.add_argument("--pretrain_batch_size", type=int, default=128)
     pre.add_argument("--pretrain_learning_rate", type=float, default=1.5e-3)
-    pre.add_argument("--vae", default=None, help=f"diffusers VAE folder; 'none' for the preset's random VAE (default: {DEFAULT_VAE} if present)")
+    pre.add_argument("--vae", default=None, help="diffusers VAE folder; 'none' for the preset's random VAE (default: the shipped demo VAE)")
     pre.add_argument("--preset", default="lmd-small")
     pre.add_argument("--image_size", type=int, default=32)
     pre.add_argument("--patch_size", type=int, default=2)
@@ -120,26 +92,22 @@ def load_splits(args) -> tuple[Dataset, Dataset, list[str]]:
 @torch.no_grad()
 def compute_latents(model, processor, dataset, args, batch_size: int = 64) -> Dataset:
     """Images -> frozen-VAE latents once, with integer labels."""
-    model.eval()
+    lmd = model.base_model.eval()
     chunks = []
     for start in range(0, len(dataset), batch_size):
         batch = dataset[start : start + batch_size]
         pixel_values = processor(batch[args.image_column], return_tensors="pt")["pixel_values"]
-        chunks.append(model.encode_images(pixel_values).float())
+        chunks.append(lmd.encode_images(pixel_values).float())
     latents = torch.cat(chunks)
-    labels = dataset[args.label_column]
-    if not isinstance(dataset.features[args.label_column], ClassLabel):
+    labels = dataset[args.label_column] if args.label_column in dataset.column_names else [0] * len(latents)
+    if args.label_column in dataset.column_names and not isinstance(dataset.features[args.label_column], ClassLabel):
         index = {str(v): i for i, v in enumerate(sorted(set(labels)))}
         labels = [index[str(v)] for v in labels]
     return Dataset.from_dict({"latents": latents.numpy(), "labels": np.asarray(labels)}).with_format("torch")
 
 
 def pretrain(args, train_images: Dataset) -> str:
-    """A quick LMD pre-training on the training images (labels unused); returns the checkpoint folder."""
-    if args.vae == "none":
-        vae = None
-    else:
-        vae = args.vae or (DEFAULT_VAE if os.path.isdir(DEFAULT_VAE) else None)
+    """A quick LMD pre-training with `LMDTrainer` on the training images (labels unused); returns the folder."""
     overrides = {
         "image_size": args.image_size,
         "patch_size": args.patch_size,
@@ -149,37 +117,23 @@ def pretrain(args, train_images: Dataset) -> str:
         "intermediate_size": 4 * args.hidden_size,
     }
     torch.manual_seed(args.seed)
-    if vae:
-        model = LMDModel.from_vae(vae, preset=args.preset, **overrides)
+    if args.vae == "none":
+        print("--vae none: the demo uses the preset's randomly initialised (frozen) VAE")
+        model = LMDForPreTraining(LMDConfig.from_preset(args.preset, **overrides))
     else:
-        print("no pre-trained VAE found: the demo uses the preset's randomly initialised (frozen) VAE")
-        model = LMDModel(LMDConfig.from_preset(args.preset, **overrides))
+        model = LMDForPreTraining.from_vae(args.vae or DEMO_VAE, preset=args.preset, **overrides)
     processor = LMDImageProcessor.from_model_config(model.config)
-    latents = compute_latents(model, processor, train_images, args)["latents"]
-    model.train()
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.pretrain_learning_rate, betas=(0.9, 0.95),
-    )
-    total, warmup = args.pretrain_steps, max(1, args.pretrain_steps // 20)
-    generator = torch.Generator().manual_seed(args.seed)
-    config, started = model.config, time.time()
-    for step in range(total):
-        lr_scale = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-        for group in optimizer.param_groups:
-            group["lr"] = args.pretrain_learning_rate * lr_scale
-        ratio = mask_ratio_at(config.mask_schedule, step, total, config.mask_ratio_start, config.mask_ratio_end)
-        index = torch.randint(0, len(latents), (min(args.pretrain_batch_size, len(latents)),), generator=generator)
-        loss = model(latents=latents[index], mask_ratio=ratio).loss
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % max(1, total // 10) == 0 or step == total - 1:
-            print(f"pretrain step {step + 1}/{total}  mask ratio {ratio:.2f}  loss {loss.item():.4f}")
-    print(f"pre-training took {time.time() - started:.0f} s")
+    latents = compute_latents(model, processor, train_images, args).remove_columns("labels")
     folder = os.path.join(args.output_dir, "pretrained-lmd")
+    training_args = LMDTrainingArguments(
+        output_dir=folder, max_steps=args.pretrain_steps, per_device_train_batch_size=args.pretrain_batch_size,
+        learning_rate=args.pretrain_learning_rate, warmup_steps=0.05, logging_steps=max(1, args.pretrain_steps // 10),
+        save_strategy="no", report_to="none", seed=args.seed, use_cpu=True, disable_tqdm=True,
+        dataloader_num_workers=0, dataloader_drop_last=True,
+    )
+    started = time.time()
+    LMDTrainer(model=model, args=training_args, train_dataset=latents, data_collator=collate_fn).train()
+    print(f"pre-training took {time.time() - started:.0f} s")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
@@ -242,7 +196,7 @@ def main(argv=None) -> dict:
     if not args.no_scratch:
         torch.manual_seed(args.seed)
         scratch = LMDForImageClassification(pretrained.config)  # random encoder and head ...
-        scratch.vae.load_state_dict(pretrained.vae.state_dict())  # ... on the same frozen VAE
+        scratch.lmd.vae.load_state_dict(pretrained.lmd.vae.state_dict())  # ... on the same frozen VAE
         results["scratch_accuracy"], _ = finetune(scratch, "scratch", train, evaluation, args)
 
     results["args"] = vars(args)

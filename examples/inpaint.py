@@ -7,16 +7,14 @@ The mask is over the input image's pixels: a PNG (non-zero = fill in) or a box `
 """
 
 import argparse
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np
+import PIL.Image
+from diffusers.utils import make_image_grid
+from transformers import pipeline
 
-import numpy as np  # noqa: E402
-import PIL.Image  # noqa: E402
-from transformers import pipeline  # noqa: E402
-
-import modeling_lmd  # noqa: E402,F401  (registers the "lmd-reconstruction" task)
-from modeling_lmd.image_processing_lmd import image_grid, to_rgb_image  # noqa: E402
+from modeling_lmd import LMDReconstructionPipeline
+from modeling_lmd.image_processing_lmd import to_rgb_image
 
 
 def parse_args(argv=None):
@@ -28,6 +26,7 @@ def parse_args(argv=None):
     group.add_argument("--box", type=int, nargs=4, metavar=("LEFT", "TOP", "RIGHT", "BOTTOM"))
     parser.add_argument("--output", default="inpainted.png", help="the inpainted image")
     parser.add_argument("--grid", default=None, help="optional PNG: input, hidden region, inpainted")
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="progressive un-masking steps")
     return parser.parse_args(argv)
 
 
@@ -40,15 +39,15 @@ def main(argv=None) -> str:
         left, top, right, bottom = args.box
         mask = np.zeros((image.height, image.width), dtype=bool)
         mask[max(top, 0) : bottom, max(left, 0) : right] = True
-    inpaint = pipeline("lmd-reconstruction", model=args.model)
-    out = inpaint(image, mask=mask)
+    inpaint = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline)
+    out = inpaint(image, mask=mask, num_inference_steps=args.num_inference_steps)
     out["reconstruction"].save(args.output)
     hidden = int(out["patch_mask"].sum())
     print(f"filled {hidden} of {out['patch_mask'].size} latent patches; wrote {args.output}")
     if args.grid:
         processor = inpaint.image_processor
         original = processor.postprocess(processor(image, return_tensors="pt")["pixel_values"])[0]
-        image_grid([[original, out["masked_image"], out["reconstruction"]]]).save(args.grid)
+        make_image_grid([original, out["masked_image"], out["reconstruction"]], rows=1, cols=3).save(args.grid)
         print(f"wrote {args.grid} (columns: input, hidden region, inpainted)")
     return args.output
 

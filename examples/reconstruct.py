@@ -1,21 +1,20 @@
 """Masked reconstruction with an LMD checkpoint: image paths in, a PNG grid out.
 
-Each row of the grid is one image: the processed input, what the encoder saw (hidden patches grey) and the
-reconstruction (visible patches from the image, hidden ones predicted by the model).
+Each row of the grid is one image, in MAE's four panels: the processed input, what the model was shown (hidden
+patches grey), the raw reconstruction, and the reconstruction with the visible pixels pasted back (what the
+pipeline returns).
 
     python examples/reconstruct.py --model path/to/lmd-checkpoint --images a.png b.jpg \
-        --mask_ratio 0.5 --seed 0 --output reconstruction_grid.png
+        --mask_ratio 0.5 --seed 0 --num_inference_steps 4 --output reconstruction_grid.png
 """
 
 import argparse
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only unless the user says otherwise
+from diffusers.utils import make_image_grid
+from transformers import pipeline
 
-from transformers import pipeline  # noqa: E402
-
-import modeling_lmd  # noqa: E402,F401  (registers the "lmd-reconstruction" task)
-from modeling_lmd.image_processing_lmd import image_grid  # noqa: E402
+from modeling_lmd import LMDReconstructionPipeline
 
 
 def parse_args(argv=None):
@@ -25,22 +24,24 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="reconstruction_grid.png", help="PNG grid to write")
     parser.add_argument("--mask_ratio", type=float, default=None, help="default: the model's config.mask_ratio")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="progressive un-masking steps")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    reconstruct = pipeline("lmd-reconstruction", model=args.model)
+    reconstruct = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline)
     processor = reconstruct.image_processor
-    rows = []
-    for path in args.images:
-        out = reconstruct(path, mask_ratio=args.mask_ratio, seed=args.seed)
+    outputs = reconstruct(args.images, mask_ratio=args.mask_ratio, seed=args.seed,
+                          num_inference_steps=args.num_inference_steps)
+    cells = []
+    for path, out in zip(args.images, outputs):
         original = processor.postprocess(processor(path, return_tensors="pt")["pixel_values"])[0]
-        rows.append([original, out["masked_image"], out["reconstruction"]])
+        cells += [original, out["masked_image"], out["decoded"], out["reconstruction"]]
         print(f"{path}: hid {int(out['patch_mask'].sum())} of {out['patch_mask'].size} latent patches")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    image_grid(rows).save(args.output)
-    print(f"wrote {args.output} (columns: input, masked, reconstruction)")
+    make_image_grid(cells, rows=len(args.images), cols=4).save(args.output)
+    print(f"wrote {args.output} (columns: input, masked, reconstruction, reconstruction + visible)")
     return args.output
 
 

@@ -27,9 +27,13 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from PIL import Image
 from tqdm.auto import tqdm
+
+from modeling_lmd.demo_data import build_demo_dataset
+from modeling_lmd.metrics import psnr
+from modeling_lmd.pretrained import DEMO_VAE
 
 
 logger = logging.getLogger("train_vae")
@@ -38,7 +42,7 @@ logger = logging.getLogger("train_vae")
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a small AutoencoderKL on the LMD demo data (CPU friendly).")
     p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
-    p.add_argument("--output_dir", default="modeling_lmd/pretrained/demo-vae")
+    p.add_argument("--output_dir", default=DEMO_VAE)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 128],
                    help="one entry per resolution level; downsampling factor = 2 ** (len - 1)")
@@ -104,11 +108,7 @@ def evaluate_psnr(vae, images_uint8: torch.Tensor, batch_size: int = 64) -> floa
     psnrs = []
     for i in range(0, len(images_uint8), batch_size):
         x = to_model_range(images_uint8[i : i + batch_size])
-        rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        a = ((x + 1) / 2).clamp(0, 1)
-        b = ((rec + 1) / 2).clamp(0, 1)
-        mse = ((a - b) ** 2).flatten(1).mean(1).clamp_min(1e-10)
-        psnrs.append(-10 * torch.log10(mse))
+        psnrs.append(psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample, x))
     vae.train()
     return float(torch.cat(psnrs).mean())
 
@@ -135,11 +135,6 @@ def main(argv=None):
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
-
-    from diffusers import AutoencoderKL
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-    from modeling_lmd.demo_data import build_demo_dataset
 
     build_demo_dataset(args.data_dir, resolution=args.resolution)
     train = load_split(args.data_dir, "train")

@@ -1,46 +1,62 @@
 """modeling_lmd: LMD (Latent Masking Diffusion) for Hugging Face transformers and diffusers.
 
-Importing the package registers `LMDConfig` / `LMDModel` with the transformers Auto classes, and marks them
-so that every saved checkpoint carries `auto_map` and the modeling code (loadable with `trust_remote_code=True`
-where this package is not installed).
+Importing the package registers the LMD classes with the transformers Auto classes (`AutoModel` -> `LMDModel`,
+`AutoModelForPreTraining` -> `LMDForPreTraining`, `AutoModelForImageClassification`, `AutoImageProcessor`) and the
+`"lmd-reconstruction"` task with `PIPELINE_REGISTRY`, and marks the classes so that every saved checkpoint carries
+`auto_map` and its code (loadable with `trust_remote_code=True` where this package is not installed).
 """
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForImageClassification,
+    AutoModelForPreTraining,
+)
+from transformers.pipelines import PIPELINE_REGISTRY
 
 from .configuration_lmd import PRESETS, LMDConfig
 from .image_processing_lmd import LMDImageProcessor
 from .mask_schedulers import MASK_SCHEDULES, mask_ratio_at
 from .modeling_lmd import (
     LMDForImageClassification,
+    LMDForPreTraining,
+    LMDForPreTrainingOutput,
     LMDModel,
-    LMDOutput,
+    LMDModelOutput,
     LMDPreTrainedModel,
     LMDReconstructionOutput,
     load_pretrained_vae,
 )
-from .pipeline_lmd import LMDReconstructionPipeline, register_pipeline
+from .pipeline_lmd import TASK, LMDReconstructionPipeline
 
 
 AutoConfig.register(LMDConfig.model_type, LMDConfig, exist_ok=True)
 AutoModel.register(LMDConfig, LMDModel, exist_ok=True)
+AutoModelForPreTraining.register(LMDConfig, LMDForPreTraining, exist_ok=True)
+AutoModelForImageClassification.register(LMDConfig, LMDForImageClassification, exist_ok=True)
+AutoImageProcessor.register(LMDConfig, image_processor_classes={"pil": LMDImageProcessor}, exist_ok=True)
+
 LMDConfig.register_for_auto_class()
 LMDModel.register_for_auto_class("AutoModel")
-
-# Downstream: classifier, image processor and the "lmd-reconstruction" pipeline (issue 5).
-AutoModelForImageClassification.register(LMDConfig, LMDForImageClassification, exist_ok=True)
+LMDForPreTraining.register_for_auto_class("AutoModelForPreTraining")
 LMDForImageClassification.register_for_auto_class("AutoModelForImageClassification")
-AutoImageProcessor.register(LMDConfig, image_processor_classes={"pil": LMDImageProcessor}, exist_ok=True)
 LMDImageProcessor.register_for_auto_class()
-register_pipeline(LMDConfig)  # in-process: the local pipeline, not the checkpoint's remote copy
 
-__version__ = "0.1.0"
+PIPELINE_REGISTRY.register_pipeline(
+    TASK, pipeline_class=LMDReconstructionPipeline, pt_model=AutoModelForPreTraining, type="image"
+)
+
+__version__ = "0.2.0"
 
 __all__ = [
     "LMDConfig",
     "LMDForImageClassification",
+    "LMDForPreTraining",
+    "LMDForPreTrainingOutput",
     "LMDImageProcessor",
     "LMDModel",
-    "LMDOutput",
+    "LMDModelOutput",
     "LMDPreTrainedModel",
     "LMDReconstructionOutput",
     "LMDReconstructionPipeline",

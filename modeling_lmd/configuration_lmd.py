@@ -3,6 +3,7 @@
 import copy
 from typing import Any
 
+from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
 from .mask_schedulers import check_mask_schedule
@@ -120,10 +121,11 @@ def vae_latent_channels(vae_type: str, vae_config: dict) -> int:
     return int(vae_config.get("latent_channels", 4))
 
 
+@strict
 class LMDConfig(PreTrainedConfig):
     r"""
-    Configuration of an [`LMDModel`]: a frozen diffusers VAE that maps images to latents, and an MAE-style
-    masked ViT (encoder + decoder) that reconstructs masked latent patches.
+    Configuration of the LMD models ([`LMDModel`], [`LMDForPreTraining`], [`LMDForImageClassification`]): a frozen
+    diffusers VAE that maps images to latents, and an MAE-style masked ViT (encoder + decoder) on latent patches.
 
     Args:
         vae_type (`str`, defaults to `"AutoencoderKL"`):
@@ -131,7 +133,7 @@ class LMDConfig(PreTrainedConfig):
         vae_config (`dict`, *optional*):
             The config diffusers stores for that VAE (its `config.json`). Defaults to Stable Diffusion's KL-f8.
         image_size (`int`, defaults to 224):
-            Side of the (square) input images in pixels.
+            Side of the (square) input images in pixels. Other sizes need `interpolate_pos_encoding=True`.
         patch_size (`int`, defaults to 4):
             Side of a patch on the latent grid; it must divide the latent size.
         hidden_size, num_hidden_layers, num_attention_heads, intermediate_size:
@@ -149,15 +151,19 @@ class LMDConfig(PreTrainedConfig):
             Training schedule of the ratio: `"uniform"`, `"piecewise"`, `"cosine"` or `"constant"`.
         mask_ratio_start (`float`, defaults to 0.15), mask_ratio_end (`float`, defaults to 0.75):
             The ratios the schedule starts from and ends at.
+        classifier_pooling (`str`, defaults to `"mean"`):
+            How [`LMDForImageClassification`] pools the encoder output: `"mean"` over patch tokens or `"cls"`.
 
     Derived (read-only) properties: `latent_channels`, `latent_size`, `num_patches`, `vae_downsampling_factor`.
+    Every field is checked when the config is built (`@strict` validators): a bad value raises an error that names
+    the field, what was expected and what came.
 
     Example:
 
     ```python
-    >>> from modeling_lmd import LMDConfig, LMDModel
+    >>> from modeling_lmd import LMDConfig, LMDForPreTraining
     >>> config = LMDConfig.from_preset("lmd-tiny", mask_schedule="uniform")
-    >>> model = LMDModel(config)
+    >>> model = LMDForPreTraining(config)
     ```
     """
 
@@ -180,10 +186,11 @@ class LMDConfig(PreTrainedConfig):
     qkv_bias: bool = True
     initializer_range: float = 0.02
     norm_latent_loss: bool = False
-    mask_ratio: float = 0.75
+    mask_ratio: float | int = 0.75
     mask_schedule: str = "cosine"
-    mask_ratio_start: float = 0.15
-    mask_ratio_end: float = 0.75
+    mask_ratio_start: float | int = 0.15
+    mask_ratio_end: float | int = 0.75
+    classifier_pooling: str = "mean"
 
     def __post_init__(self, **kwargs):
         if self.vae_config is None:
@@ -192,24 +199,15 @@ class LMDConfig(PreTrainedConfig):
             # Keep only what the VAE constructor takes; diffusers' bookkeeping keys ("_class_name", ...) go.
             self.vae_config = {k: v for k, v in dict(self.vae_config).items() if not k.startswith("_")}
         super().__post_init__(**kwargs)
-        self.validate_lmd()
 
-    def validate_lmd(self) -> None:
-        """Raise `ValueError` naming the offending field, what was expected and what came."""
+    def validate_vae(self):
+        """Part of `@strict` validation: a supported VAE whose latent grid the patches tile."""
         if self.vae_type not in VAE_TYPES:
             raise ValueError(f"Unknown vae_type {self.vae_type!r}; expected one of {', '.join(VAE_TYPES)}.")
-        check_mask_schedule(self.mask_schedule)
-        for name in ("mask_ratio", "mask_ratio_start", "mask_ratio_end"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
-        if self.mask_ratio_start > self.mask_ratio_end:
+        if self.image_size <= 0 or self.patch_size <= 0:
             raise ValueError(
-                f"`mask_ratio_start` ({self.mask_ratio_start}) must not exceed `mask_ratio_end` ({self.mask_ratio_end})."
+                f"`image_size` and `patch_size` must be positive, got {self.image_size} and {self.patch_size}."
             )
-        for name in ("image_size", "patch_size", "hidden_size", "num_hidden_layers", "decoder_hidden_size"):
-            if int(getattr(self, name)) <= 0:
-                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         factor = self.vae_downsampling_factor
         if self.image_size % factor != 0:
             raise ValueError(
@@ -220,6 +218,27 @@ class LMDConfig(PreTrainedConfig):
                 f"`patch_size` ({self.patch_size}) must divide the latent size ({self.latent_size} = image_size "
                 f"{self.image_size} / VAE factor {factor})."
             )
+
+    def validate_masking(self):
+        """Part of `@strict` validation: a known schedule and ratios in [0, 1) with start <= end."""
+        check_mask_schedule(self.mask_schedule)
+        for name in ("mask_ratio", "mask_ratio_start", "mask_ratio_end"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.mask_ratio_start > self.mask_ratio_end:
+            raise ValueError(
+                f"`mask_ratio_start` ({self.mask_ratio_start}) must not exceed `mask_ratio_end` ({self.mask_ratio_end})."
+            )
+
+    def validate_architecture(self):
+        """Part of `@strict` validation: positive sizes, heads that divide the widths, sin-cos-friendly widths."""
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                     "decoder_hidden_size", "decoder_num_attention_heads", "decoder_intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
+        if self.decoder_num_hidden_layers < 0:
+            raise ValueError(f"`decoder_num_hidden_layers` must be >= 0, got {self.decoder_num_hidden_layers}.")
         for width, heads, prefix in (
             (self.hidden_size, self.num_attention_heads, ""),
             (self.decoder_hidden_size, self.decoder_num_attention_heads, "decoder_"),
@@ -233,6 +252,8 @@ class LMDConfig(PreTrainedConfig):
                 "2D sin-cos position embeddings need widths divisible by 4, got "
                 f"hidden_size={self.hidden_size}, decoder_hidden_size={self.decoder_hidden_size}."
             )
+        if self.classifier_pooling not in ("mean", "cls"):
+            raise ValueError(f"`classifier_pooling` must be 'mean' or 'cls', got {self.classifier_pooling!r}.")
 
     @property
     def vae_downsampling_factor(self) -> int:

@@ -130,23 +130,18 @@ class RandomResizedCropFlip:
                 "flip_probability": self.flip_probability}
 
 
-class ResizeCenterCrop:
-    """Deterministic evaluation transform: resize the shorter side to `size` (bicubic), centre-crop `size`."""
+class ProcessorTransform:
+    """Deterministic evaluation transform: the model's `LMDImageProcessor` (resize to cover, centre-crop, [-1, 1]),
+    with the `(image, generator)` call signature of the training transform."""
 
-    def __init__(self, size: int):
-        self.size = int(size)
+    def __init__(self, image_processor):
+        self.image_processor = image_processor
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        image = to_rgb_image(image)
-        scale = self.size / min(image.width, image.height)
-        new_w, new_h = max(self.size, round(image.width * scale)), max(self.size, round(image.height * scale))
-        if (new_w, new_h) != image.size:
-            image = image.resize((new_w, new_h), Image.BICUBIC)
-        left, top = (new_w - self.size) // 2, (new_h - self.size) // 2
-        return image_to_tensor(image.crop((left, top, left + self.size, top + self.size)))
+        return self.image_processor(image, return_tensors="pt")["pixel_values"][0]
 
     def describe(self) -> dict:
-        return {"name": "resize_center_crop", "size": self.size}
+        return {"name": "image_processor", **self.image_processor.to_dict()}
 
 
 # --- datasets --------------------------------------------------------------------------------------------
@@ -187,10 +182,16 @@ def _read_image(dataset, image_column: str, index: int) -> Image.Image:
         raise ValueError(f"Could not read the image at {where}: {error}") from error
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Rows of a `datasets.Dataset` -> `{"pixel_values": (3, S, S)}` in [-1, 1].
+def mask_seed(seed: int, index: int) -> int:
+    """The seed of sample `index`'s evaluation mask: a function of the sample, not of the batch or the process."""
+    return derive_seed("mask", seed, index)
 
-    `transform(image, generator)` gets a generator seeded by `(seed, epoch, index)` (see `set_epoch`).
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Rows of a `datasets.Dataset` -> `{"pixel_values": (3, S, S)` in [-1, 1], `"mask_seed"`}.
+
+    `transform(image, generator)` gets a generator seeded by `(seed, epoch, index)` (see `set_epoch`);
+    `mask_seed` seeds the sample's evaluation mask (`LMDTrainer.prediction_step`).
     """
 
     def __init__(self, dataset, image_column: str, transform: Callable, seed: int = 0):
@@ -209,7 +210,7 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, index))
-        return {"pixel_values": self.transform(self.image(index), generator)}
+        return {"pixel_values": self.transform(self.image(index), generator), "mask_seed": mask_seed(self.seed, index)}
 
 
 class LatentDataset(torch.utils.data.Dataset):
@@ -243,20 +244,22 @@ class LatentDataset(torch.utils.data.Dataset):
         latents = torch.from_numpy(np.ascontiguousarray(views[view])).float()
         if self.latent_flip and float(torch.rand(1, generator=generator)) < 0.5:
             latents = latents.flip(-1)
-        item = {"latents": latents}
+        item = {"latents": latents, "mask_seed": mask_seed(self.seed, index)}
         if self.pixels is not None:
             item.update(self.pixels[index])
         return item
 
 
 def collate_fn(examples: list[dict]) -> dict:
-    """Stack `pixel_values` and/or `latents` (whichever the examples carry)."""
+    """Stack `pixel_values` and/or `latents` (whichever the examples carry), and the `mask_seed`s."""
     batch = {}
     for key in ("pixel_values", "latents"):
         if key in examples[0]:
             batch[key] = torch.stack([example[key] for example in examples])
     if not batch:
         raise ValueError(f"Examples carry neither pixel_values nor latents: {sorted(examples[0])}.")
+    if "mask_seed" in examples[0]:
+        batch["mask_seed"] = torch.tensor([example["mask_seed"] for example in examples], dtype=torch.int64)
     return batch
 
 
@@ -370,6 +373,7 @@ def cache_latents(
     fingerprint = dataset_fingerprint or getattr(dataset, "_fingerprint", None)
     if fingerprint is None:
         raise ValueError("The dataset has no fingerprint; pass dataset_fingerprint.")
+    model = model.base_model  # the LMDModel that holds the VAE
     config = model.config
     key = latent_cache_key(
         vae_identity(model.vae), config.image_size, fingerprint, num_views, seed,
@@ -436,7 +440,7 @@ __all__ = [
     "ImageDataset",
     "LatentDataset",
     "RandomResizedCropFlip",
-    "ResizeCenterCrop",
+    "ProcessorTransform",
     "cache_latents",
     "collate_fn",
     "default_latent_cache_dir",
@@ -445,6 +449,7 @@ __all__ = [
     "image_to_tensor",
     "latent_cache_key",
     "load_image_datasets",
+    "mask_seed",
     "random_resized_crop_box",
     "vae_identity",
 ]

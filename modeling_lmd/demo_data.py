@@ -297,6 +297,31 @@ def build_demo_dataset(
     return meta
 
 
+# --- labelled demo data ---------------------------------------------------------------------------------
+
+
+def digits_dataset(seed: int = 0, test_fraction: float = 0.25):
+    """scikit-learn's handwritten digits (1797 real 8x8 scans, 10 classes; shipped inside scikit-learn) as a
+    `DatasetDict` (train / test, stratified, seeded) with PIL `image` (8x8, grayscale) and `label`."""
+    from datasets import ClassLabel, Dataset, DatasetDict
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    pixels = (digits.images / 16.0 * 255.0).round().astype(np.uint8)  # values 0..16 -> 0..255
+    train_idx, test_idx = train_test_split(
+        np.arange(len(pixels)), test_size=test_fraction, random_state=seed, stratify=digits.target
+    )
+    names = [str(i) for i in range(10)]
+
+    def split(indices):
+        return Dataset.from_dict(
+            {"image": [Image.fromarray(pixels[i], mode="L") for i in indices], "label": digits.target[indices]}
+        ).cast_column("label", ClassLabel(names=names))
+
+    return DatasetDict(train=split(train_idx), test=split(test_idx))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Build the offline LMD demo dataset (photos shipped with skimage/sklearn/matplotlib).")
     parser.add_argument("--output_dir", default="data/demo", help="destination folder (default: data/demo)")

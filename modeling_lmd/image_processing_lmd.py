@@ -236,19 +236,4 @@ class LMDImageProcessor(PilBackend):
         return PIL.Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
 
 
-def image_grid(rows: list[list[PIL.Image.Image]], padding: int = 2, background=(255, 255, 255)) -> PIL.Image.Image:
-    """Paste rows of equally sized PIL images into one grid image."""
-    if not rows or not rows[0]:
-        raise ValueError("Nothing to put in the grid.")
-    width, height = rows[0][0].size
-    columns = max(len(row) for row in rows)
-    grid = PIL.Image.new(
-        "RGB", (columns * width + (columns + 1) * padding, len(rows) * height + (len(rows) + 1) * padding), background
-    )
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            grid.paste(image.convert("RGB"), (padding + c * (width + padding), padding + r * (height + padding)))
-    return grid
-
-
-__all__ = ["LMDImageProcessor", "cover_and_crop", "image_grid", "load_image_file", "to_rgb_image"]
+__all__ = ["LMDImageProcessor", "cover_and_crop", "load_image_file", "to_rgb_image"]

@@ -1,17 +1,18 @@
-"""Reconstruction metrics for LMD: pixel-space PSNR of the masked region, and a mean-latent baseline.
+"""How well LMD fills hidden regions, next to the references a sceptic asks for.
 
-Everything here works from *latents* (so it also runs on cached latents, without the VAE encoder) plus the
-original pixels the PSNR is measured against:
+`reconstruction_metrics` scores a batch on fixed masks, one value per image, pixel space ([0, 1]), hidden region:
 
-- `masked_reconstruction(model, latents, noise=...)`: hide patches, predict them, composite (visible patches
-  from the input, hidden ones from the model), decode.
-- `mean_latent_fill(model, latents, mask)`: the trivial baseline that fills every hidden patch with the mean
-  of the *visible* latents of the same image (per channel), the best constant guess the context allows.
-- `masked_psnr(reconstruction, pixel_values, pixel_mask)`: PSNR in [0, 1] pixel space, inside the hidden
-  region only, one value per image.
-- `save_reconstruction_grid(...)`: an `original | masked | reconstruction` PNG.
+- `masked_psnr`: the model in the leak-free setting (`reconstruct` from pixels: hidden pixels are painted over
+  before the VAE sees the image, so nothing under the mask reaches the output);
+- `masked_psnr_latent_masking`: the model in the paper's setting (the whole image encoded, latent patches hidden
+  afterwards; the VAE's receptive field lets visible latents carry some hidden pixels, so this flatters);
+- `pixel_mean_fill_psnr`: hidden pixels painted with the mean colour of the visible ones (the trivial baseline);
+- `latent_mean_fill_psnr`: hidden latent patches set to the mean visible latent, decoded;
+- `vae_psnr`: the VAE's own reconstruction (the ceiling: the model decodes through the same VAE);
+- `visible_psnr` / `vae_visible_psnr`: the visible region of the model's output and of the VAE alone;
+- `loss`: the training objective, the masked latent MSE.
 
-Not shipped as remote code (it is a training/evaluation helper); it imports only torch, numpy and PIL.
+Not shipped as remote code (a training / evaluation helper).
 """
 
 from __future__ import annotations
@@ -20,133 +21,139 @@ import math
 
 import numpy as np
 import torch
+from diffusers.utils import make_image_grid
 from PIL import Image
 
+from .modeling_lmd import paint_hidden_pixels, uniform_noise
 
-def masked_psnr(
-    reconstruction: torch.Tensor, pixel_values: torch.Tensor, pixel_mask: torch.Tensor, eps: float = 1e-10
-) -> torch.Tensor:
-    """Per-image PSNR (dB) inside `pixel_mask`.
 
-    Args:
-        reconstruction, pixel_values: `(B, 3, H, W)` images in [-1, 1] (clamped, then mapped to [0, 1]).
-        pixel_mask: `(B, 1, H, W)` or `(B, 3, H, W)`, 1 where a pixel was hidden (scored), 0 elsewhere.
+#: The per-image metrics of `reconstruction_metrics`, in the order `LMDTrainer.prediction_step` stacks them.
+METRIC_NAMES = (
+    "loss",
+    "masked_psnr",
+    "masked_psnr_latent_masking",
+    "pixel_mean_fill_psnr",
+    "latent_mean_fill_psnr",
+    "vae_psnr",
+    "visible_psnr",
+    "vae_visible_psnr",
+)
 
-    Returns:
-        `(B,)` float tensor: `10 * log10(1 / MSE)` over the hidden pixels of each image (all three channels).
-        An image without hidden pixels gets `nan`.
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image PSNR (dB) of images in [-1, 1] `(B, 3, H, W)`, measured in [0, 1] pixel space.
+
+    With `mask` (`(B, 1, H, W)` or `(B, 3, H, W)`, 1 = scored) only those pixels count; an image with none gets
+    `nan`. Identical pixels give 100 dB (the MSE is floored at 1e-10).
     """
-    if reconstruction.shape != pixel_values.shape:
-        raise ValueError(f"Shapes differ: reconstruction {tuple(reconstruction.shape)}, pixels {tuple(pixel_values.shape)}.")
-    prediction = (reconstruction.float().clamp(-1, 1) + 1) / 2
-    target = (pixel_values.float().to(prediction.device).clamp(-1, 1) + 1) / 2
-    mask = pixel_mask.float().to(prediction.device).expand_as(prediction)
-    squared_error = ((prediction - target) ** 2 * mask).flatten(1).sum(dim=1)
-    count = mask.flatten(1).sum(dim=1)
-    mse = squared_error / count.clamp(min=1.0)
-    psnr = 10.0 * torch.log10(1.0 / mse.clamp(min=eps))
-    return torch.where(count > 0, psnr, torch.full_like(psnr, float("nan")))
+    if prediction.shape != target.shape:
+        raise ValueError(f"Shapes differ: prediction {tuple(prediction.shape)}, target {tuple(target.shape)}.")
+    prediction = (prediction.float().clamp(-1, 1) + 1) / 2
+    target = (target.float().to(prediction.device).clamp(-1, 1) + 1) / 2
+    weights = torch.ones_like(prediction) if mask is None else mask.float().to(prediction.device).expand_as(prediction)
+    squared_error = ((prediction - target) ** 2 * weights).flatten(1).sum(dim=1)
+    count = weights.flatten(1).sum(dim=1)
+    value = 10.0 * torch.log10(1.0 / (squared_error / count.clamp(min=1.0)).clamp(min=1e-10))
+    return torch.where(count > 0, value, torch.full_like(value, float("nan")))
 
 
-def mean_latent_fill(model, latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def latent_mean_fill(model, latents: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Baseline: every hidden patch becomes the per-channel mean of the image's visible latents."""
     patches = model.patchify(latents)  # (B, L, p*p*C), each patch flattened as (p, p, C)
     batch, num_patches, width = patches.shape
     channels = model.config.latent_channels
-    per_pixel = patches.reshape(batch, num_patches, width // channels, channels)
+    per_position = patches.reshape(batch, num_patches, width // channels, channels)
     visible = (1 - mask).to(patches.dtype).reshape(batch, num_patches, 1, 1)
-    channel_mean = (per_pixel * visible).sum(dim=(1, 2)) / (visible.sum(dim=(1, 2)) * (width // channels)).clamp(min=1)
-    filled = channel_mean.reshape(batch, 1, 1, channels).expand_as(per_pixel).reshape(batch, num_patches, width)
+    count = (visible.sum(dim=(1, 2)) * (width // channels)).clamp(min=1)
+    channel_mean = (per_position * visible).sum(dim=(1, 2)) / count  # (B, C)
+    filled = channel_mean.reshape(batch, 1, 1, channels).expand_as(per_position).reshape(batch, num_patches, width)
     mask_3d = mask.unsqueeze(-1).to(patches.dtype)
-    return model.unpatchify(patches * (1 - mask_3d) + filled * mask_3d)
+    return model.unpatchify(patches * (1 - mask_3d) + filled * mask_3d, model.patch_grid(latents))
+
+
+def mask_noise(mask_seeds: torch.Tensor, num_patches: int, device) -> torch.Tensor:
+    """`(B, L)` masking noise, image `i` drawn from its own seed: the mask depends on the sample, not on the batch
+    or the process it is evaluated in."""
+    generators = [torch.Generator().manual_seed(int(seed)) for seed in mask_seeds]
+    return uniform_noise(len(generators), num_patches, generators, device)
 
 
 @torch.no_grad()
-def masked_reconstruction(
-    model,
-    latents: torch.Tensor,
+def reconstruction_metrics(
+    model, pixel_values: torch.Tensor | None, noise: torch.Tensor, latents: torch.Tensor | None = None,
     mask_ratio: float | None = None,
-    noise: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
-    with_baseline: bool = False,
-) -> dict:
-    """Hide patches of `latents`, reconstruct them with `model`, decode.
+) -> dict[str, torch.Tensor]:
+    """Every metric of `METRIC_NAMES` for one batch, `(B,)` each (see the module docstring).
 
     Args:
-        latents: unit-scaled VAE latents `(B, C, h, w)` (e.g. `model.encode_images(pixels)` or cached ones).
+        model: an `LMDForPreTraining`.
+        pixel_values: `(B, 3, H, W)` in [-1, 1]; without them the pixel metrics are `nan`.
+        noise: `(B, L)` masking noise (lowest stays visible), the same for every setting and baseline.
+        latents: the whole image's latents, when cached (else encoded from `pixel_values`).
         mask_ratio: defaults to `model.config.mask_ratio`.
-        noise: `(B, L)` masking noise (lowest noise stays visible); drawn from `generator` when absent.
-        with_baseline: also decode the mean-latent fill of the same mask.
-
-    Returns a dict with `reconstruction` (`(B, 3, H, W)` in [-1, 1]), `mask` (`(B, L)`), `pixel_mask`
-    (`(B, 1, H, W)`), `loss` (the model's masked latent MSE), `predictions`, and, with `with_baseline`,
-    `baseline` (the decoded mean-latent fill).
     """
-    mask_ratio = model.config.mask_ratio if mask_ratio is None else float(mask_ratio)
-    latents = latents.to(device=model.device, dtype=model.encoder.patch_embed.weight.dtype)
-    if noise is None:
-        noise = torch.rand(latents.shape[0], model.config.num_patches, generator=generator)
-    outputs = model(latents=latents, mask_ratio=mask_ratio, noise=noise.to(latents.device))
-    composite = model.composite_latents(latents, outputs.logits, outputs.mask)
-    result = {
-        "reconstruction": model.decode_latents(composite).clamp(-1, 1),
-        "mask": outputs.mask,
-        "pixel_mask": model.pixel_mask(outputs.mask),
-        "loss": outputs.loss,
-        "predictions": outputs.logits,
-    }
-    if with_baseline:
-        result["baseline"] = model.decode_latents(mean_latent_fill(model, latents, outputs.mask)).clamp(-1, 1)
-    return result
+    ratio = model.config.mask_ratio if mask_ratio is None else mask_ratio
+    if latents is None:
+        latents = model.lmd.encode_images(pixel_values)
+    latents = latents.to(device=model.device, dtype=model.dtype)
+    forward = model(latents=latents, mask_ratio=ratio, noise=noise)
+    metrics = {"loss": model.forward_loss(latents, forward.logits, forward.mask, per_sample=True)}
+    nan = torch.full_like(metrics["loss"], float("nan"))
+    if pixel_values is None:
+        return {name: metrics.get(name, nan) for name in METRIC_NAMES}
+
+    pixel_values = pixel_values.to(model.device)
+    leak_free = model.reconstruct(pixel_values, mask_ratio=ratio, noise=noise)
+    latent_masking = model.reconstruct(latents=latents, mask_ratio=ratio, noise=noise)
+    hidden, visible = leak_free.pixel_mask, 1 - leak_free.pixel_mask
+    vae_alone = model.lmd.decode_latents(latents)
+    latent_fill = model.lmd.decode_latents(latent_mean_fill(model, latents, leak_free.mask))
+    metrics.update(
+        masked_psnr=psnr(leak_free.reconstruction, pixel_values, hidden),
+        masked_psnr_latent_masking=psnr(latent_masking.reconstruction, pixel_values, hidden),
+        pixel_mean_fill_psnr=psnr(paint_hidden_pixels(pixel_values, hidden), pixel_values, hidden),
+        latent_mean_fill_psnr=psnr(latent_fill, pixel_values, hidden),
+        vae_psnr=psnr(vae_alone, pixel_values, hidden),
+        visible_psnr=psnr(leak_free.reconstruction, pixel_values, visible),
+        vae_visible_psnr=psnr(vae_alone, pixel_values, visible),
+    )
+    return metrics
 
 
-def per_sample_masked_mse(model, latents: torch.Tensor, predictions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The model's training loss, one value per sample `(B,)` (mean over hidden patches; same target as the model)."""
-    target = model.patchify(latents)
-    if model.config.norm_latent_loss:
-        mean = target.mean(dim=-1, keepdim=True)
-        var = target.var(dim=-1, keepdim=True)
-        target = (target - mean) / (var + 1.0e-6) ** 0.5
-    per_patch = ((predictions.float() - target.float()) ** 2).mean(dim=-1)
-    return (per_patch * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+def summarize_reconstruction_metrics(eval_prediction) -> dict[str, float]:
+    """`compute_metrics` for `LMDTrainer`: the mean over images of each per-image metric (`predictions` holds
+    them as columns, in `METRIC_NAMES` order)."""
+    values = np.asarray(eval_prediction.predictions, dtype=np.float64).reshape(-1, len(METRIC_NAMES))
+    return {name: float(np.nanmean(values[:, i])) if np.isfinite(values[:, i]).any() else float("nan")
+            for i, name in enumerate(METRIC_NAMES)}
 
 
-def to_uint8_image(image: torch.Tensor) -> np.ndarray:
-    """`(3, H, W)` in [-1, 1] -> `(H, W, 3)` uint8."""
-    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return array.permute(1, 2, 0).numpy()
+def to_pil(images: torch.Tensor, min_side: int = 96) -> list[Image.Image]:
+    """`(B, 3, H, W)` in [-1, 1] -> PIL images, enlarged (nearest neighbour, integer factor) to at least `min_side`."""
+    arrays = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    scale = max(1, math.ceil(min_side / max(images.shape[-2:])))
+    pictures = [Image.fromarray(array.permute(1, 2, 0).numpy()) for array in arrays]
+    return [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
 
 
-def save_reconstruction_grid(
-    path: str,
-    originals: torch.Tensor,
-    masked: torch.Tensor,
-    reconstructions: torch.Tensor,
-    min_cell: int = 96,
-    padding: int = 2,
-) -> Image.Image:
-    """One row per image, columns `original | masked | reconstruction`; images `(B, 3, H, W)` in [-1, 1].
-
-    Small images are enlarged (nearest neighbour, integer factor) so that each cell is at least `min_cell` pixels.
-    """
-    batch, _, height, width = originals.shape
-    scale = max(1, math.ceil(min_cell / max(height, width)))
-    cell_h, cell_w = height * scale, width * scale
-    grid = Image.new("RGB", (3 * cell_w + 4 * padding, batch * cell_h + (batch + 1) * padding), (255, 255, 255))
-    for row in range(batch):
-        for col, images in enumerate((originals, masked, reconstructions)):
-            cell = Image.fromarray(to_uint8_image(images[row]))
-            if scale > 1:
-                cell = cell.resize((cell_w, cell_h), Image.NEAREST)
-            grid.paste(cell, (padding + col * (cell_w + padding), padding + row * (cell_h + padding)))
+def save_reconstruction_grid(path: str, model, pixel_values: torch.Tensor, noise: torch.Tensor, **kwargs) -> Image.Image:
+    """MAE's four panels per row: original | masked | reconstruction (the raw decode) | reconstruction with the
+    visible pixels pasted back. `kwargs` go to `reconstruct` (e.g. `mask_ratio`, `num_inference_steps`)."""
+    out = model.reconstruct(pixel_values.to(model.device), noise=noise, **kwargs)
+    rows = [to_pil(images) for images in (pixel_values, out.masked_images, out.decoded, out.reconstruction)]
+    cells = [cell for row in zip(*rows) for cell in row]  # row-major: one image per row
+    grid = make_image_grid(cells, rows=len(pixel_values), cols=4)
     grid.save(path)
     return grid
 
 
 __all__ = [
-    "masked_psnr",
-    "masked_reconstruction",
-    "mean_latent_fill",
-    "per_sample_masked_mse",
+    "METRIC_NAMES",
+    "latent_mean_fill",
+    "mask_noise",
+    "psnr",
+    "reconstruction_metrics",
     "save_reconstruction_grid",
+    "summarize_reconstruction_metrics",
+    "to_pil",
 ]

@@ -10,10 +10,11 @@
   `(seed, global_step, micro-batch, process)`, not from the global RNG. Together with the schedule being a pure
   function of `global_step` and `modeling_lmd.data`'s seeded augmentation, `resume_from_checkpoint` continues
   exactly on the uninterrupted run's path.
-- **Evaluation** always uses `config.mask_ratio` and masks drawn from a fixed seed (`eval_seed`), so `eval_loss`
-  is comparable from one evaluation to the next. It also reports `eval_masked_psnr`: the pixel-space PSNR of
-  the decoded reconstruction inside the hidden region (and, with `eval_baseline=True`,
-  `eval_baseline_mean_latent_psnr` for the mean-latent fill of the same masks).
+- **Evaluation** runs through the Trainer's own loop (`prediction_step` + `compute_metrics`, so callbacks, logging
+  and gathering across processes behave as in any Trainer) at `config.mask_ratio`, with each image's mask drawn
+  from its own `mask_seed` (see `modeling_lmd.data`): the figures do not depend on batch size or process count.
+  It reports `eval_loss` and the pixel-space PSNRs of `modeling_lmd.metrics.reconstruction_metrics`: the model
+  leak-free and in the paper's setting, next to the mean-colour fill, the mean-latent fill and the VAE alone.
 - **Optimizer.** Only trainable parameters get one (the VAE is frozen and gets no optimizer state); no weight
   decay on biases, norms, the cls token or the mask token. `LMDTrainingArguments` defaults follow MAE / LMD:
   AdamW betas (0.9, 0.95), weight decay 0.05, cosine schedule, and `base_learning_rate` scaled by
@@ -32,7 +33,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
-from .metrics import masked_psnr, mean_latent_fill, per_sample_masked_mse
+from .metrics import METRIC_NAMES, mask_noise, reconstruction_metrics, summarize_reconstruction_metrics
 
 
 logger = logging.getLogger(__name__)
@@ -58,7 +59,14 @@ class LMDTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Keep the `pixel_values` / `latents` columns (they are not forward args)."}
     )
-    eval_seed: int = field(default=0, metadata={"help": "Seed of the evaluation masks (fixed: comparable eval_loss)."})
+    eval_seed: int = field(
+        default=0, metadata={"help": "Seed of the evaluation masks and of reconstructions.png (fixed: comparable runs)."}
+    )
+
+
+def is_vae_parameter(name: str) -> bool:
+    """Whether a parameter name (`lmd.vae.*` in the heads, `vae.*` in `LMDModel`) belongs to the frozen VAE."""
+    return name.startswith("vae.") or ".vae." in name
 
 
 def total_train_batch_size(args: TrainingArguments) -> int:
@@ -78,25 +86,23 @@ class _SetEpochCallback(TrainerCallback):
 
 
 class LMDTrainer(Trainer):
-    """`Trainer` for `LMDModel` pre-training; see the module docstring.
+    """`Trainer` for `LMDForPreTraining`; see the module docstring.
 
-    Extra keyword arguments:
-        compute_psnr (`bool`, defaults to `True`): decode reconstructions during evaluation and report
-            `eval_masked_psnr`.
-        eval_baseline (`bool`, defaults to `False`): also report the mean-latent-fill baseline PSNR.
+    Extra keyword argument:
         model_card_text (`str`, *optional*): README.md written by `create_model_card` (hence by `push_to_hub`)
-            instead of the Trainer's generic card.
+            instead of the Trainer's generic card (see `modeling_lmd.model_card.render_model_card`).
+
+    Without a `compute_metrics`, evaluation reports `summarize_reconstruction_metrics`.
     """
 
-    # LMDModel returns a per-batch mean: the Trainer divides it by the accumulation steps.
+    # LMDForPreTraining returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, compute_psnr: bool = True, eval_baseline: bool = False,
-                 model_card_text: str | None = None, **kwargs):
+    def __init__(self, *args, model_card_text: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.compute_psnr = compute_psnr
-        self.eval_baseline = eval_baseline
         self.model_card_text = model_card_text
+        if self.compute_metrics is None:
+            self.compute_metrics = summarize_reconstruction_metrics
         self._last_train_mask_ratio: float | None = None
         self._noise_step = -1
         self._noise_micro_batch = 0
@@ -132,6 +138,7 @@ class LMDTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
+        inputs.pop("mask_seed", None)  # evaluation masks; training masks come from `_training_noise`
         if "latents" in inputs:
             inputs.pop("pixel_values", None)  # cached latents win; pixels only serve evaluation metrics
         if model.training:
@@ -156,11 +163,11 @@ class LMDTrainer(Trainer):
 
     def get_decay_parameter_names(self, model) -> list[str]:
         names = super().get_decay_parameter_names(model)
-        return [n for n in names if not n.endswith(NO_DECAY_NAMES) and not n.split(".")[0] == "vae"]
+        return [n for n in names if not n.endswith(NO_DECAY_NAMES) and not is_vae_parameter(n)]
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
-        frozen = {id(p) for n, p in self.lmd_model.named_parameters() if n.startswith("vae.") or not p.requires_grad}
+        frozen = {id(p) for n, p in self.lmd_model.named_parameters() if is_vae_parameter(n) or not p.requires_grad}
         for group in optimizer.param_groups:
             if any(id(p) in frozen for p in group["params"]):
                 raise RuntimeError("The optimizer received frozen (VAE) parameters; they must stay untouched.")
@@ -168,50 +175,33 @@ class LMDTrainer(Trainer):
 
     # --- evaluation ------------------------------------------------------------------------------
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Masked-latent loss at `config.mask_ratio` with fixed-seed masks, plus the masked-region PSNR."""
-        eval_dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        if isinstance(eval_dataset, dict):
-            metrics = {}
-            for name, dataset in eval_dataset.items():
-                metrics.update(self.evaluate(dataset, ignore_keys, f"{metric_key_prefix}_{name}"))
-            return metrics
-        dataloader = self.get_eval_dataloader(eval_dataset)
-        model = self.lmd_model
-        was_training = model.training
-        model.eval()
-        ratio = model.config.mask_ratio
-        generator = torch.Generator().manual_seed(
-            int(getattr(self.args, "eval_seed", self.args.seed)) + 1_000_003 * self.args.process_index
-        )
-        totals: dict[str, list[torch.Tensor]] = {"loss": [], "masked_psnr": [], "baseline_mean_latent_psnr": []}
-        with torch.no_grad():
-            for batch in dataloader:
-                pixels = batch.get("pixel_values")
-                latents = batch.get("latents")
-                if latents is None:
-                    latents = model.encode_images(pixels)
-                latents = latents.to(device=model.device, dtype=model.encoder.patch_embed.weight.dtype)
-                noise = torch.rand(latents.shape[0], model.config.num_patches, generator=generator).to(latents.device)
-                outputs = model(latents=latents, mask_ratio=ratio, noise=noise)
-                totals["loss"].append(per_sample_masked_mse(model, latents, outputs.logits, outputs.mask))
-                if self.compute_psnr and pixels is not None:
-                    pixel_mask = model.pixel_mask(outputs.mask)
-                    composite = model.composite_latents(latents, outputs.logits, outputs.mask)
-                    reconstruction = model.decode_latents(composite).clamp(-1, 1)
-                    totals["masked_psnr"].append(masked_psnr(reconstruction, pixels, pixel_mask))
-                    if self.eval_baseline:
-                        baseline = model.decode_latents(mean_latent_fill(model, latents, outputs.mask)).clamp(-1, 1)
-                        totals["baseline_mean_latent_psnr"].append(masked_psnr(baseline, pixels, pixel_mask))
-        model.train(was_training)
-        metrics = {}
-        for name, values in totals.items():
-            if values:
-                gathered = self.accelerator.gather_for_metrics(torch.cat(values).float().to(self.args.device))
-                metrics[f"{metric_key_prefix}_{name}"] = float(gathered.nanmean())
-        metrics[f"{metric_key_prefix}_mask_ratio"] = float(ratio)
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """One evaluation batch -> `(None, per-image metrics (B, len(METRIC_NAMES)), hidden patches per image (B,))`.
+
+        The metrics are the columns of `METRIC_NAMES`, averaged by `summarize_reconstruction_metrics` (its `loss`
+        becomes `eval_loss`); the "labels" are what each image had to fill, the number of hidden patches.
+        """
+        inputs = self._prepare_inputs(inputs)
+        lmd_model = self.lmd_model
+        batch = inputs.get("latents", inputs.get("pixel_values"))
+        if "mask_seed" in inputs:
+            noise = mask_noise(inputs["mask_seed"], lmd_model.config.num_patches, batch.device)
+        else:  # a dataset without per-image seeds: fixed, but tied to the batch order
+            self._eval_batches_seen = getattr(self, "_eval_batches_seen", 0) + 1
+            seed = derive_seed("eval", self.args.eval_seed, self._eval_batches_seen, self.args.process_index)
+            noise = torch.rand(batch.shape[0], lmd_model.config.num_patches,
+                               generator=torch.Generator().manual_seed(seed)).to(batch.device)
+        metrics = reconstruction_metrics(lmd_model, inputs.get("pixel_values"), noise, latents=inputs.get("latents"))
+        per_image = torch.stack([metrics[name].float() for name in METRIC_NAMES], dim=1)
+        num_hidden = torch.full((batch.shape[0],), lmd_model.config.num_patches
+                                - lmd_model.lmd.num_visible_patches(lmd_model.config.mask_ratio), device=batch.device)
+        return None, per_image, num_hidden
+
+    def evaluate(self, *args, **kwargs) -> dict[str, float]:
+        """`Trainer.evaluate`, with the evaluation mask ratio among the metrics."""
+        self._eval_batches_seen = 0
+        metrics = super().evaluate(*args, **kwargs)
+        metrics[f"{kwargs.get('metric_key_prefix', 'eval')}_mask_ratio"] = float(self.lmd_model.config.mask_ratio)
         return metrics
 
     # --- model card ------------------------------------------------------------------------------
@@ -225,4 +215,4 @@ class LMDTrainer(Trainer):
                 handle.write(self.model_card_text)
 
 
-__all__ = ["LMDTrainer", "LMDTrainingArguments", "total_train_batch_size"]
+__all__ = ["LMDTrainer", "LMDTrainingArguments", "is_vae_parameter", "total_train_batch_size"]

@@ -10,7 +10,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modeling_lmd import LMDConfig, LMDModel  # noqa: E402
+from modeling_lmd import LMDConfig, LMDForPreTraining  # noqa: E402
 
 
 # Tiny test models are dominated by per-op overhead: one thread is faster, and leaves the other core free.
@@ -24,14 +24,15 @@ def tiny_config() -> LMDConfig:
 
 
 @pytest.fixture
-def tiny_model(tiny_config) -> LMDModel:
+def tiny_model(tiny_config) -> LMDForPreTraining:
+    """A randomly initialised tiny pre-training model (VAE + encoder + decoder)."""
     torch.manual_seed(0)
-    return LMDModel(tiny_config)
+    return LMDForPreTraining(tiny_config)
 
 
 @pytest.fixture
 def tiny_checkpoint(tiny_model, tmp_path):
-    """A saved tiny LMD checkpoint folder (config, safetensors and remote code)."""
+    """A saved tiny LMD pre-training checkpoint folder (config, safetensors, processor, pipeline and remote code)."""
     path = tmp_path / "tiny-lmd"
     tiny_model.save_pretrained(path)
     return path

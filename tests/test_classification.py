@@ -27,20 +27,20 @@ def test_loads_encoder_and_vae_and_only_the_head_is_new(tiny_model, tiny_checkpo
     assert not info["unexpected_keys"] and not info["mismatched_keys"]
     source = tiny_model.state_dict()
     for name, tensor in model.state_dict().items():
-        if name.startswith(("encoder.", "vae.")):
+        if name.startswith("lmd."):
             assert torch.equal(tensor, source[name]), name
     assert model.config.num_labels == 3 and model.classifier.out_features == 3
 
 
 def test_features_match_the_lmd_model(tiny_model, classifier):
     images = random_images(2)
-    features = tiny_model.get_image_features(pixel_values=images)
+    features = tiny_model.lmd.get_image_features(pixel_values=images)
     assert features.shape == (2, tiny_model.config.hidden_size)
-    encoded, _ = classifier.encode_unmasked(classifier.encode_images(images))
+    encoded = classifier.lmd(pixel_values=images).last_hidden_state
     assert torch.allclose(encoded[:, 1:].mean(1), features, atol=1e-6)
-    assert tiny_model.get_image_features(pixel_values=images, pooling="cls").shape == (2, 32)
+    assert tiny_model.lmd.get_image_features(pixel_values=images, pooling="cls").shape == (2, 32)
     with pytest.raises(ValueError, match="pooling"):
-        tiny_model.get_image_features(pixel_values=images, pooling="max")
+        tiny_model.lmd.get_image_features(pixel_values=images, pooling="max")
 
 
 def test_forward_loss_and_frozen_vae(classifier):
@@ -49,10 +49,10 @@ def test_forward_loss_and_frozen_vae(classifier):
     assert isinstance(out, ImageClassifierOutput) and out.logits.shape == (4, 3)
     assert torch.isfinite(out.loss)
     out.loss.backward()
-    assert all(p.grad is None and not p.requires_grad for p in classifier.vae.parameters())
-    assert classifier.encoder.patch_embed.weight.grad is not None
-    assert not classifier.vae.training
-    latents = classifier.encode_images(random_images(2))
+    assert all(p.grad is None and not p.requires_grad for p in classifier.lmd.vae.parameters())
+    assert classifier.lmd.embeddings.patch_embeddings.weight.grad is not None
+    assert not classifier.lmd.vae.training
+    latents = classifier.lmd.encode_images(random_images(2))
     assert classifier(latents=latents).logits.shape == (2, 3)
     assert classifier(latents=latents, return_dict=False)[0].shape == (2, 3)
 
@@ -60,11 +60,11 @@ def test_forward_loss_and_frozen_vae(classifier):
 def test_cls_pooling_and_labels_in_config(tiny_checkpoint, tmp_path):
     labels = {0: "cat", 1: "dog"}
     model = LMDForImageClassification.from_pretrained(tiny_checkpoint, id2label=labels, classifier_pooling="cls")
-    assert model.pooling == "cls" and model.config.num_labels == 2
+    assert model.config.classifier_pooling == "cls" and model.config.num_labels == 2
     model.save_pretrained(tmp_path / "clf")
     saved = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert saved["id2label"] == {"0": "cat", "1": "dog"} and saved["classifier_pooling"] == "cls"
-    assert "custom_pipelines" not in saved  # the reconstruction pipeline belongs to LMDModel checkpoints
+    assert "lmd-reconstruction" not in saved.get("custom_pipelines", {})  # it belongs to pre-training checkpoints
     assert saved["auto_map"]["AutoModelForImageClassification"] == "modeling_lmd.LMDForImageClassification"
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "clf")
     assert isinstance(reloaded, LMDForImageClassification) and reloaded.config.id2label[1] == "dog"
@@ -120,6 +120,6 @@ def test_scratch_model_with_the_same_vae(tiny_checkpoint):
     pretrained = LMDModel.from_pretrained(tiny_checkpoint)
     config = LMDConfig.from_pretrained(tiny_checkpoint, num_labels=4)
     scratch = LMDForImageClassification(config)
-    scratch.vae.load_state_dict(pretrained.vae.state_dict())
-    assert not torch.equal(scratch.encoder.patch_embed.weight, pretrained.encoder.patch_embed.weight)
+    scratch.lmd.vae.load_state_dict(pretrained.vae.state_dict())
+    assert not torch.equal(scratch.lmd.embeddings.patch_embeddings.weight, pretrained.embeddings.patch_embeddings.weight)
     assert scratch(pixel_values=random_images(1)).logits.shape == (1, 4)

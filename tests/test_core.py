@@ -1,13 +1,18 @@
-"""LMDConfig / LMDModel: configuration, masking, loss, the frozen VAE, save/load and remote code."""
+"""LMDConfig / LMDModel / LMDForPreTraining: configuration, masking, loss, attention, resolution, the frozen VAE,
+save/load and remote code."""
+
+import json
 
 import pytest
 import torch
 from conftest import random_images
 from diffusers import AutoencoderKL, VQModel
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from safetensors.torch import load_file
 from subprocess_helpers import FLOAT_ATOL, run_without_package
+from transformers import AutoConfig, AutoModel, AutoModelForImageClassification, AutoModelForPreTraining
 
-from modeling_lmd import LMDConfig, LMDModel
+from modeling_lmd import LMDConfig, LMDForImageClassification, LMDForPreTraining, LMDModel
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
 
 
@@ -36,10 +41,10 @@ TINY_VAES = {
 }
 
 
-def tiny_model_with(vae_type: str, **overrides) -> LMDModel:
+def tiny_model_with(vae_type: str, **overrides) -> LMDForPreTraining:
     torch.manual_seed(0)
     config = LMDConfig.from_preset("lmd-tiny", vae_type=vae_type, vae_config=TINY_VAES[vae_type], **overrides)
-    return LMDModel(config)
+    return LMDForPreTraining(config)
 
 
 def assert_state_dicts_equal(first: dict, second: dict) -> None:
@@ -80,9 +85,9 @@ def test_presets_and_overrides():
 def test_latent_shape_is_derived_from_the_vae_config_and_matches_the_vae(vae_type, channels, latent_size):
     model = tiny_model_with(vae_type)
     assert (model.config.latent_channels, model.config.latent_size) == (channels, latent_size)
-    latents = model.encode_images(random_images(1))
+    latents = model.lmd.encode_images(random_images(1))
     assert latents.shape == (1, channels, latent_size, latent_size)
-    assert model.decode_latents(latents).shape == (1, 3, 32, 32)
+    assert model.lmd.decode_latents(latents).shape == (1, 3, 32, 32)
 
 
 def test_config_round_trips_through_dict_and_drops_diffusers_bookkeeping(tmp_path):
@@ -90,6 +95,24 @@ def test_config_round_trips_through_dict_and_drops_diffusers_bookkeeping(tmp_pat
     assert "_class_name" not in config.vae_config
     config.save_pretrained(tmp_path)
     assert LMDConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+
+
+def test_a_saved_checkpoint_config_reloads_equal_to_itself(tiny_model, tiny_checkpoint):
+    """custom_pipelines and auto_map included: nothing is stamped on save and dropped on load."""
+    saved = json.loads((tiny_checkpoint / "config.json").read_text())
+    assert saved["custom_pipelines"]["lmd-reconstruction"]["pt"] == ["AutoModelForPreTraining"]
+    reloaded = LMDConfig.from_pretrained(tiny_checkpoint)
+    assert reloaded.to_dict() == tiny_model.config.to_dict()
+    assert reloaded.custom_pipelines == saved["custom_pipelines"] and reloaded.auto_map == saved["auto_map"]
+
+
+def test_config_overrides_use_update_from_string_and_are_validated():
+    config = LMDConfig.from_preset("lmd-tiny")
+    config.update_from_string("hidden_size=64,norm_latent_loss=true,mask_schedule=uniform")
+    assert (config.hidden_size, config.norm_latent_loss, config.mask_schedule) == (64, True, "uniform")
+    config.update_from_string("patch_size=3")
+    with pytest.raises(StrictDataclassClassValidationError, match=r"patch_size` \(3\) must divide"):
+        config.validate()
 
 
 @pytest.mark.parametrize(
@@ -104,10 +127,12 @@ def test_config_round_trips_through_dict_and_drops_diffusers_bookkeeping(tmp_pat
         ({"vae_type": "AutoencoderXL"}, "expected one of AutoencoderKL, VQModel, AutoencoderTiny"),
         ({"num_attention_heads": 3}, r"hidden_size` \(32\) must be divisible by `num_attention_heads` \(3\)"),
         ({"hidden_size": 0}, "positive"),
+        ({"classifier_pooling": "max"}, "'mean' or 'cls'"),
     ],
 )
 def test_bad_config_values_raise_naming_what_was_expected(overrides, message):
-    with pytest.raises(ValueError, match=message):
+    # transformers 5 configs validate with `@strict` class validators; the error carries the ValueError's text.
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
         LMDConfig.from_preset("lmd-tiny", **overrides)
 
 
@@ -119,7 +144,7 @@ def test_each_sample_keeps_exactly_int_L_times_one_minus_r_visible(tiny_model, r
     num_patches = tiny_model.config.num_patches
     expected_visible = max(1, int(num_patches * (1 - ratio)))
     noise = torch.rand(3, num_patches, generator=torch.Generator().manual_seed(1))
-    out = tiny_model(pixel_values=random_images(3), mask_ratio=ratio, noise=noise)
+    out = tiny_model.lmd(pixel_values=random_images(3), mask_ratio=ratio, noise=noise)
     assert out.mask.shape == (3, num_patches)
     assert ((1 - out.mask).sum(dim=1) == expected_visible).all()
     assert out.last_hidden_state.shape == (3, 1 + expected_visible, tiny_model.config.hidden_size)
@@ -140,7 +165,7 @@ def test_same_noise_gives_same_loss_and_mask_ratio_overrides_the_config(tiny_mod
     noise = torch.rand(2, tiny_model.config.num_patches)
     first = tiny_model(pixel_values=images, noise=noise)
     second = tiny_model(pixel_values=images, noise=noise)
-    assert first.mask_ratio == tiny_model.config.mask_ratio == 0.75
+    assert tiny_model.config.mask_ratio == 0.75 and first.mask.sum() == 2 * 12
     assert torch.equal(first.loss, second.loss) and torch.equal(first.mask, second.mask)
     assert tiny_model(pixel_values=images, noise=noise, mask_ratio=0.25).mask.sum() == 2 * 4
 
@@ -154,9 +179,15 @@ def test_loss_is_mse_over_masked_patches_only(tiny_model):
     assert out.logits.shape == (2, 16, 2 * 2 * 4)
 
 
+def test_per_sample_loss_averages_to_the_batch_loss_with_equal_counts(tiny_model):
+    out = tiny_model(pixel_values=random_images(3), mask_ratio=0.5)
+    per_sample = tiny_model.forward_loss(out.latents, out.logits, out.mask, per_sample=True)
+    assert per_sample.shape == (3,) and torch.allclose(per_sample.mean(), out.loss)
+
+
 def test_normalised_target_loss(tiny_config):
     tiny_config.norm_latent_loss = True
-    model = LMDModel(tiny_config)
+    model = LMDForPreTraining(tiny_config)
     out = model(pixel_values=random_images(2), mask_ratio=0.5)
     target = model.patchify(out.latents)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
@@ -167,7 +198,7 @@ def test_normalised_target_loss(tiny_config):
 def test_images_and_precomputed_latents_give_the_same_result(tiny_model):
     images = random_images(2)
     noise = torch.rand(2, 16)
-    latents = tiny_model.encode_images(images)
+    latents = tiny_model.lmd.encode_images(images)
     assert torch.equal(tiny_model(pixel_values=images, noise=noise).loss, tiny_model(latents=latents, noise=noise).loss)
 
 
@@ -198,7 +229,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model):
     grads = [p.grad.clone() for p in tiny_model.parameters() if p.requires_grad]
     tiny_model.zero_grad()
     tiny_model.activation_checkpointing_enable()
-    assert all(layer.gradient_checkpointing for layer in tiny_model.encoder.layers)
+    assert all(layer.gradient_checkpointing for layer in tiny_model.lmd.layers)
     checkpointed = tiny_model(pixel_values=images, noise=noise).loss
     checkpointed.backward()
     assert torch.allclose(reference, checkpointed)
@@ -209,9 +240,10 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model):
 def test_tiny_model_overfits_while_the_vae_stays_frozen(tiny_model):
     torch.manual_seed(0)
     images = random_images(4, seed=3)
-    vae_before = {k: v.clone() for k, v in tiny_model.vae.state_dict().items()}
+    vae = tiny_model.lmd.vae
+    vae_before = {k: v.clone() for k, v in vae.state_dict().items()}
     trainable = [p for p in tiny_model.parameters() if p.requires_grad]
-    assert not any(p.requires_grad for p in tiny_model.vae.parameters())
+    assert not any(p.requires_grad for p in vae.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=3e-3)
     tiny_model.train()
     losses = []
@@ -222,32 +254,96 @@ def test_tiny_model_overfits_while_the_vae_stays_frozen(tiny_model):
         optimizer.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0]
-    assert tiny_model.training and not tiny_model.vae.training
-    assert all(p.grad is None for p in tiny_model.vae.parameters())
-    assert_state_dicts_equal(vae_before, tiny_model.vae.state_dict())
+    assert tiny_model.training and not vae.training
+    assert all(p.grad is None for p in vae.parameters())
+    assert_state_dicts_equal(vae_before, vae.state_dict())
 
 
-def test_reconstruct_keeps_visible_patches_from_the_input(tiny_model):
+def test_reconstruct_from_latents_keeps_visible_latents_and_fills_hidden_ones(tiny_model):
+    """The paper's setting (latents only): composite latents = input where visible, prediction where hidden."""
+    latents = tiny_model.lmd.encode_images(random_images(2))
+    noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(0))
+    out = tiny_model.reconstruct(latents=latents, mask_ratio=0.5, noise=noise)
+    assert out.reconstruction.shape == (2, 3, 32, 32) and out.reconstruction.abs().max() <= 1
+    assert torch.equal(out.mask, tiny_model(latents=latents, mask_ratio=0.5, noise=noise).mask)
+    visible = ~out.mask.bool()
+    assert torch.equal(tiny_model.patchify(out.latents)[visible], tiny_model.patchify(latents)[visible])
+    assert not torch.allclose(tiny_model.patchify(out.latents)[~visible], tiny_model.patchify(latents)[~visible])
+    # each latent patch covers (patch 2 x VAE factor 4) = 8 pixels a side
+    assert torch.equal(out.pixel_mask[:, 0, ::8, ::8], out.mask.reshape(2, 4, 4))
+
+
+def test_reconstruct_from_pixels_is_seeded_and_greys_the_hidden_region(tiny_model):
     images = random_images(2)
     out = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
-    assert out.reconstruction.shape == images.shape and out.masked_images.shape == images.shape
-    assert out.pixel_mask.shape == (2, 1, 32, 32) and out.reconstruction.abs().max() <= 1
-    visible = ~out.mask.bool()
-    assert torch.equal(tiny_model.patchify(out.latents)[visible], tiny_model.patchify(tiny_model.encode_images(images))[visible])
-    # each latent patch covers (patch 2 x VAE factor 4) = 8 pixels a side; hidden regions are zeroed
-    assert torch.equal(out.pixel_mask[:, 0, ::8, ::8], out.mask.reshape(2, 4, 4))
+    assert out.mask.sum(dim=1).tolist() == [8, 8]
     assert torch.equal(out.masked_images, images * (1 - out.pixel_mask))
     again = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.reconstruction, again.reconstruction)
 
 
-def test_reconstruct_with_an_explicit_patch_mask(tiny_model):
-    patch_mask = torch.zeros(1, 16, dtype=torch.bool)
+def test_reconstruct_with_explicit_patch_masks_of_different_sizes(tiny_model):
+    patch_mask = torch.zeros(2, 16, dtype=torch.bool)
     patch_mask[0, [0, 5, 15]] = True
-    out = tiny_model.reconstruct(random_images(1), patch_mask=patch_mask)
-    assert torch.equal(out.mask.bool(), patch_mask)
-    with pytest.raises(ValueError, match="same number of patches"):
-        tiny_model.reconstruct(random_images(2), patch_mask=torch.stack([patch_mask[0], torch.zeros(16, dtype=torch.bool)]))
+    patch_mask[1, 3] = True
+    images = random_images(2)
+    together = tiny_model.reconstruct(images, patch_mask=patch_mask)
+    assert torch.equal(together.mask.bool(), patch_mask)
+    for i in range(2):  # batched inpainting with unequal hidden counts equals one image at a time
+        alone = tiny_model.reconstruct(images[i : i + 1], patch_mask=patch_mask[i : i + 1])
+        torch.testing.assert_close(together.reconstruction[i : i + 1], alone.reconstruction, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="hides every patch"):
+        tiny_model.reconstruct(images[:1], patch_mask=torch.ones(1, 16, dtype=torch.bool))
+
+
+# --- the base model, attention, other resolutions --------------------------------------------------
+
+
+def test_base_model_encodes_every_patch_unless_asked_to_mask(tiny_model):
+    images = random_images(2)
+    base = tiny_model.lmd
+    out = base(pixel_values=images)
+    assert out.last_hidden_state.shape == (2, 17, 32) and not out.mask.any()
+    assert torch.equal(out.ids_restore, torch.arange(16).expand(2, -1))
+    masked = base(pixel_values=images, mask_ratio=0.75)
+    assert masked.last_hidden_state.shape == (2, 5, 32) and masked.mask.sum() == 24
+    assert base(pixel_values=images, noise=torch.rand(2, 16)).mask.sum() == 24  # noise alone: config.mask_ratio
+    features = base.get_image_features(pixel_values=images)
+    assert torch.allclose(features, out.last_hidden_state[:, 1:].mean(1), atol=1e-6)
+
+
+def test_eager_and_sdpa_attention_agree_and_eager_returns_the_weights(tiny_checkpoint):
+    images, noise = random_images(2), torch.rand(2, 16)
+    eager = LMDForPreTraining.from_pretrained(tiny_checkpoint, attn_implementation="eager")
+    sdpa = LMDForPreTraining.from_pretrained(tiny_checkpoint, attn_implementation="sdpa")
+    assert eager.config._attn_implementation == "eager" and sdpa.config._attn_implementation == "sdpa"
+    out = eager(pixel_values=images, noise=noise, output_attentions=True, output_hidden_states=True)
+    torch.testing.assert_close(out.logits, sdpa(pixel_values=images, noise=noise).logits, rtol=0, atol=1e-5)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 5, 5)  # 2 layers, 4 heads, cls + 4 visible
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 5))
+    assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (2, 5, 32)
+    with pytest.raises(ValueError, match="attn_implementation='eager'"):
+        sdpa(pixel_values=images, output_attentions=True)
+
+
+def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_checkpoint):
+    images = random_images(2, size=64)
+    pretraining = LMDForPreTraining.from_pretrained(tiny_checkpoint)
+    out = pretraining(pixel_values=images, mask_ratio=0.5, interpolate_pos_encoding=True)
+    assert out.logits.shape == (2, 64, 16) and out.mask.sum() == 64 and torch.isfinite(out.loss)
+    rec = pretraining.reconstruct(images, mask_ratio=0.5, interpolate_pos_encoding=True)
+    assert rec.reconstruction.shape == (2, 3, 64, 64) and rec.pixel_mask.shape == (2, 1, 64, 64)
+    classifier = LMDForImageClassification.from_pretrained(tiny_checkpoint, num_labels=3)
+    assert classifier(pixel_values=images, interpolate_pos_encoding=True).logits.shape == (2, 3)
+    features = pretraining.lmd(pixel_values=images, interpolate_pos_encoding=True).last_hidden_state
+    assert features.shape == (2, 65, 32)
+    # At the trained size, interpolation changes nothing.
+    same = random_images(2)
+    torch.testing.assert_close(pretraining.lmd(pixel_values=same).last_hidden_state,
+                               pretraining.lmd(pixel_values=same, interpolate_pos_encoding=True).last_hidden_state)
+    for model in (pretraining, pretraining.lmd, classifier):  # without the flag, a clear error
+        with pytest.raises(ValueError, match=r"Input image size \(64\*64\) doesn't match the model \(32\*32\)"):
+            model(pixel_values=images)
 
 
 # --- bad inputs -------------------------------------------------------------------------------------
@@ -256,8 +352,8 @@ def test_reconstruct_with_an_explicit_patch_mask(tiny_model):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"pixel_values": torch.zeros(2, 3, 64, 64)}, r"Expected pixel_values of shape \(batch, 3, 32, 32\).*got \(2, 3, 64, 64\)"),
-        ({"pixel_values": torch.zeros(3, 32, 32)}, r"got \(3, 32, 32\)"),
+        ({"pixel_values": torch.zeros(2, 3, 64, 64)}, r"Input image size \(64\*64\) doesn't match the model \(32\*32\)"),
+        ({"pixel_values": torch.zeros(3, 32, 32)}, r"Expected pixel_values of shape \(batch, 3, 32, 32\).*got \(3, 32, 32\)"),
         ({"latents": torch.zeros(2, 3, 8, 8)}, r"Expected latents of shape \(batch, 4, 8, 8\), got \(2, 3, 8, 8\)"),
         ({}, "exactly one of"),
         ({"pixel_values": torch.zeros(1, 3, 32, 32), "latents": torch.zeros(1, 4, 8, 8)}, "exactly one of"),
@@ -275,10 +371,11 @@ def test_wrong_inputs_raise_naming_expected_and_received(tiny_model, kwargs, mes
 
 def test_vae_stays_frozen_and_in_eval_mode_after_train(tiny_model):
     tiny_model.train()
-    assert tiny_model.training and tiny_model.encoder.training
-    assert not tiny_model.vae.training and not any(m.training for m in tiny_model.vae.modules())
-    assert not any(p.requires_grad for p in tiny_model.vae.parameters())
-    assert all(p.requires_grad for p in tiny_model.encoder.parameters())
+    vae = tiny_model.lmd.vae
+    assert tiny_model.training and tiny_model.lmd.layers.training and tiny_model.decoder.training
+    assert not vae.training and not any(m.training for m in vae.modules())
+    assert not any(p.requires_grad for p in vae.parameters())
+    assert all(p.requires_grad for n, p in tiny_model.named_parameters() if not n.startswith("lmd.vae."))
 
 
 @pytest.mark.parametrize("vae_type", ["AutoencoderKL", "VQModel", "AutoencoderTiny"])
@@ -286,15 +383,30 @@ def test_save_and_load_round_trip_bit_exact_through_one_safetensors_file(vae_typ
     model = tiny_model_with(vae_type)
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
-    assert any(k.startswith("vae.") for k in weights) and any(k.startswith("encoder.") for k in weights)
+    assert {key.split(".")[0] for key in weights} == {"lmd", "decoder"}
+    assert any(k.startswith("lmd.vae.") for k in weights) and any(k.startswith("lmd.layers.") for k in weights)
     assert not list(tmp_path.glob("*.bin")) and len(list(tmp_path.glob("*.safetensors"))) == 1
-    loaded = LMDModel.from_pretrained(tmp_path)
+    loaded = LMDForPreTraining.from_pretrained(tmp_path)
     assert_state_dicts_equal(model.state_dict(), loaded.state_dict())
-    assert torch.equal(model.encoder.position_embeddings, loaded.encoder.position_embeddings)
+    assert torch.equal(model.lmd.embeddings.position_embeddings, loaded.lmd.embeddings.position_embeddings)
     assert torch.equal(model.decoder.position_embeddings, loaded.decoder.position_embeddings)
-    assert not any(p.requires_grad for p in loaded.vae.parameters()) and not loaded.vae.training
+    assert not any(p.requires_grad for p in loaded.lmd.vae.parameters()) and not loaded.lmd.vae.training
     images, noise = random_images(2), torch.rand(2, 16)
     assert torch.equal(model(pixel_values=images, noise=noise).logits, loaded(pixel_values=images, noise=noise).logits)
+
+
+def test_each_head_loads_from_a_pretraining_checkpoint_with_only_its_own_parts_new(tiny_model, tiny_checkpoint):
+    base, info = LMDModel.from_pretrained(tiny_checkpoint, output_loading_info=True)
+    assert not info["missing_keys"]  # decoder ignored, nothing missing
+    assert_state_dicts_equal(base.state_dict(), tiny_model.lmd.state_dict())
+    classifier, info = LMDForImageClassification.from_pretrained(tiny_checkpoint, num_labels=3,
+                                                                 output_loading_info=True)
+    assert {key.split(".")[0] for key in info["missing_keys"]} == {"fc_norm", "classifier"}
+    assert_state_dicts_equal(classifier.lmd.state_dict(), tiny_model.lmd.state_dict())
+    # And back: a base-model checkpoint gives a pre-training model whose only new part is the decoder.
+    base.save_pretrained(tiny_checkpoint.parent / "base")
+    pretraining, info = LMDForPreTraining.from_pretrained(tiny_checkpoint.parent / "base", output_loading_info=True)
+    assert info["missing_keys"] and all(key.startswith("decoder.") for key in info["missing_keys"])
 
 
 def test_from_vae_keeps_the_pretrained_vae_weights_bit_exact(tmp_path):
@@ -305,9 +417,12 @@ def test_from_vae_keeps_the_pretrained_vae_weights_bit_exact(tmp_path):
             param.add_(torch.randn_like(param))
     vae.save_pretrained(tmp_path / "vae")
     for source in (vae, tmp_path / "vae", str(tmp_path / "vae")):
-        model = LMDModel.from_vae(source, preset="lmd-tiny", mask_schedule="uniform")
+        model = LMDForPreTraining.from_vae(source, preset="lmd-tiny", mask_schedule="uniform")
         assert model.config.mask_schedule == "uniform" and model.config.vae_type == "AutoencoderKL"
-        assert_state_dicts_equal(vae.state_dict(), model.vae.state_dict())
+        assert_state_dicts_equal(vae.state_dict(), model.lmd.vae.state_dict())
+    model = LMDModel.from_vae(vae, config=LMDConfig.from_preset("lmd-tiny", hidden_size=64))
+    assert model.config.hidden_size == 64
+    assert_state_dicts_equal(vae.state_dict(), model.vae.state_dict())
     model.save_pretrained(tmp_path / "lmd")
     assert_state_dicts_equal(vae.state_dict(), LMDModel.from_pretrained(tmp_path / "lmd").vae.state_dict())
 
@@ -315,34 +430,42 @@ def test_from_vae_keeps_the_pretrained_vae_weights_bit_exact(tmp_path):
 def test_from_vae_with_a_subfolder_and_a_vq_model(tmp_path):
     vae = VQModel.from_config(TINY_VQ_F4_VAE_CONFIG)
     vae.save_pretrained(tmp_path / "repo" / "vqvae")
-    model = LMDModel.from_vae(str(tmp_path / "repo"), subfolder="vqvae", preset="lmd-tiny")
+    model = LMDForPreTraining.from_vae(str(tmp_path / "repo"), subfolder="vqvae", preset="lmd-tiny")
     assert model.config.vae_type == "VQModel" and model.config.latent_channels == 3
-    assert_state_dicts_equal(vae.state_dict(), model.vae.state_dict())
+    assert_state_dicts_equal(vae.state_dict(), model.lmd.vae.state_dict())
 
 
 def test_checkpoint_carries_auto_map_and_loads_with_auto_classes(tiny_checkpoint):
-    from transformers import AutoConfig, AutoModel
-
     config = AutoConfig.from_pretrained(tiny_checkpoint)
     assert config.auto_map["AutoModel"] == "modeling_lmd.LMDModel"
+    assert config.auto_map["AutoModelForPreTraining"] == "modeling_lmd.LMDForPreTraining"
     assert {"modeling_lmd.py", "configuration_lmd.py", "mask_schedulers.py"} <= {p.name for p in tiny_checkpoint.iterdir()}
-    assert isinstance(AutoModel.from_pretrained(tiny_checkpoint), LMDModel)
+    assert type(AutoModel.from_pretrained(tiny_checkpoint)) is LMDModel
+    assert type(AutoModelForPreTraining.from_pretrained(tiny_checkpoint)) is LMDForPreTraining
+    assert type(AutoModelForImageClassification.from_pretrained(tiny_checkpoint, num_labels=2)) is LMDForImageClassification
 
 
 def test_remote_code_loads_where_the_package_cannot_be_imported(tiny_model, tiny_checkpoint, tmp_path):
     images, noise = random_images(2), torch.rand(2, 16)
     torch.save({"images": images, "noise": noise}, tmp_path / "inputs.pt")
     expected = tiny_model(pixel_values=images, noise=noise).logits
+    expected_features = tiny_model.lmd(pixel_values=images).last_hidden_state
     run_without_package(
         f"""
         import torch
-        from transformers import AutoModel
-        model = AutoModel.from_pretrained({str(tiny_checkpoint)!r}, trust_remote_code=True)
-        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        from transformers import AutoModel, AutoModelForPreTraining
+        pretraining = AutoModelForPreTraining.from_pretrained({str(tiny_checkpoint)!r}, trust_remote_code=True)
+        base = AutoModel.from_pretrained({str(tiny_checkpoint)!r}, trust_remote_code=True)
+        for model in (pretraining, base):
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert (type(pretraining).__name__, type(base).__name__) == ("LMDForPreTraining", "LMDModel")
         inputs = torch.load("inputs.pt")
-        torch.save(model(pixel_values=inputs["images"], noise=inputs["noise"]).logits, "out.pt")
+        torch.save({{"logits": pretraining(pixel_values=inputs["images"], noise=inputs["noise"]).logits,
+                    "features": base(pixel_values=inputs["images"]).last_hidden_state}}, "out.pt")
         """,
         cwd=tmp_path,
     )
     # Same weights and masks; only the summation order may differ in another process.
-    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), expected, rtol=0, atol=FLOAT_ATOL)
+    remote = torch.load(tmp_path / "out.pt")
+    torch.testing.assert_close(remote["logits"], expected, rtol=0, atol=FLOAT_ATOL)
+    torch.testing.assert_close(remote["features"], expected_features, rtol=0, atol=FLOAT_ATOL)

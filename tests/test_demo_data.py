@@ -10,10 +10,8 @@ import torch
 from PIL import Image
 
 from modeling_lmd import demo_data
+from modeling_lmd.pretrained import DEMO_VAE as SHIPPED_VAE
 
-
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-SHIPPED_VAE = os.path.join(REPO_ROOT, "modeling_lmd", "pretrained", "demo-vae")
 
 pytest.importorskip("skimage")
 pytest.importorskip("sklearn")

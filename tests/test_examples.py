@@ -35,7 +35,7 @@ def test_reconstruct(tiny_checkpoint, image_paths, tmp_path):
         ["--model", str(tiny_checkpoint), "--images", *image_paths, "--mask_ratio", "0.5", "--output", str(output)]
     )
     grid = PIL.Image.open(output)
-    assert grid.size == (3 * 32 + 4 * 2, 2 * 32 + 3 * 2)  # 2 rows x (input, masked, reconstruction)
+    assert grid.size == (4 * 32, 2 * 32)  # 2 rows x (input, masked, reconstruction, reconstruction + visible)
 
 
 def test_inpaint_with_box_and_mask_file(tiny_checkpoint, image_paths, tmp_path):
@@ -45,7 +45,7 @@ def test_inpaint_with_box_and_mask_file(tiny_checkpoint, image_paths, tmp_path):
          "--output", str(tmp_path / "a.png"), "--grid", str(tmp_path / "grid.png")]
     )
     assert PIL.Image.open(tmp_path / "a.png").size == (32, 32)
-    assert PIL.Image.open(tmp_path / "grid.png").size[0] == 3 * 32 + 4 * 2
+    assert PIL.Image.open(tmp_path / "grid.png").size == (3 * 32, 32)
     mask = np.zeros((32, 32), dtype=np.uint8)
     mask[20:, 20:] = 255
     PIL.Image.fromarray(mask).save(tmp_path / "mask.png")

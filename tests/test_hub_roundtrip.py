@@ -15,7 +15,7 @@ from PIL import Image
 
 from hub_server import HubServer
 from subprocess_helpers import FLOAT_ATOL, child_env, run_python
-from modeling_lmd import LMDModel
+from modeling_lmd import LMDForPreTraining
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
 
 
@@ -24,8 +24,8 @@ REPO_ID = "tester/lmd-tiny-roundtrip"
 
 LOAD_SCRIPT = """
 import sys, torch
-from transformers import AutoModel
-model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)
+from transformers import AutoModelForPreTraining
+model = AutoModelForPreTraining.from_pretrained(sys.argv[1], trust_remote_code=True)
 assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
 inputs = torch.load(sys.argv[2])
 with torch.no_grad():
@@ -87,7 +87,7 @@ def test_push_then_load_with_remote_code(tmp_path):
         assert REPO_ID in card and "uniform" in card
 
         # Fresh process, fresh cache, outside the repository: load from the server with remote code.
-        local = LMDModel.from_pretrained(output_dir).eval()
+        local = LMDForPreTraining.from_pretrained(output_dir).eval()
         generator = torch.Generator().manual_seed(0)
         inputs = {"pixel_values": torch.rand(2, 3, 32, 32, generator=generator) * 2 - 1,
                   "noise": torch.rand(2, local.config.num_patches, generator=generator)}

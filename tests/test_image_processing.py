@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modeling_lmd import LMDImageProcessor
-from modeling_lmd.image_processing_lmd import cover_and_crop, image_grid
+from modeling_lmd.image_processing_lmd import cover_and_crop
 
 
 @pytest.fixture
@@ -121,10 +121,3 @@ def test_every_checkpoint_carries_a_matching_processor(tiny_checkpoint):
     processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
     assert isinstance(processor, LMDImageProcessor)
     assert (processor.size["height"], processor.size["width"]) == (32, 32)
-
-
-def test_image_grid():
-    tiles = [[PIL.Image.new("RGB", (8, 8), (255, 0, 0))] * 3, [PIL.Image.new("L", (8, 8), 0)] * 2]
-    grid = image_grid(tiles, padding=2)
-    assert grid.size == (3 * 8 + 4 * 2, 2 * 8 + 3 * 2)
-    assert grid.getpixel((2, 2)) == (255, 0, 0)

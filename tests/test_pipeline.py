@@ -8,7 +8,8 @@ import pytest
 import torch
 from transformers import pipeline
 
-from modeling_lmd import LMDReconstructionPipeline
+from modeling_lmd import LMDConfig, LMDForPreTraining, LMDReconstructionPipeline
+from modeling_lmd.modeling_lmd import paint_hidden_pixels
 from subprocess_helpers import assert_images_close, run_without_package
 
 
@@ -19,21 +20,40 @@ def make_image(height=40, width=50, seed=0) -> PIL.Image.Image:
 
 @pytest.fixture
 def pipe(tiny_checkpoint):
-    return pipeline("lmd-reconstruction", model=str(tiny_checkpoint))
+    """The package's own pipeline class on a saved checkpoint (model and processor loaded by transformers)."""
+    return pipeline("lmd-reconstruction", model=str(tiny_checkpoint), pipeline_class=LMDReconstructionPipeline)
 
 
 def test_checkpoint_declares_the_pipeline(tiny_checkpoint):
     config = json.loads((tiny_checkpoint / "config.json").read_text())
-    assert config["custom_pipelines"]["lmd-reconstruction"]["impl"] == "pipeline_lmd.LMDReconstructionPipeline"
+    entry = config["custom_pipelines"]["lmd-reconstruction"]
+    assert entry["impl"] == "pipeline_lmd.LMDReconstructionPipeline" and entry["pt"] == ["AutoModelForPreTraining"]
     assert {"pipeline_lmd.py", "image_processing_lmd.py", "preprocessor_config.json"} <= {
         p.name for p in tiny_checkpoint.iterdir()
     }
 
 
+def test_the_ways_to_build_the_pipeline_in_process(tiny_checkpoint, pipe):
+    """No class is patched: the task is registered with PIPELINE_REGISTRY, and checkpoints declare it the way
+    transformers documents for custom pipelines, so a checkpoint path needs `trust_remote_code=True` (it then runs
+    the checkpoint's copy of this code) or `pipeline_class`."""
+    image = make_image()
+    expected = np.array(pipe(image, mask_ratio=0.5, seed=0)["reconstruction"])
+    remote_copy = pipeline("lmd-reconstruction", model=str(tiny_checkpoint), trust_remote_code=True)
+    assert type(remote_copy).__module__.startswith("transformers_modules")
+    assert np.array_equal(np.array(remote_copy(image, mask_ratio=0.5, seed=0)["reconstruction"]), expected)
+    # A model object whose config declares no custom pipeline goes through the registry.
+    torch.manual_seed(0)
+    fresh = LMDForPreTraining(LMDConfig.from_preset("lmd-tiny"))
+    assert isinstance(pipeline("lmd-reconstruction", model=fresh), LMDReconstructionPipeline)
+    direct = LMDReconstructionPipeline(model=LMDForPreTraining.from_pretrained(tiny_checkpoint))
+    assert np.array_equal(np.array(direct(image, mask_ratio=0.5, seed=0)["reconstruction"]), expected)
+
+
 def test_in_process_outputs(pipe, tiny_model):
     assert isinstance(pipe, LMDReconstructionPipeline)
     out = pipe(make_image(), mask_ratio=0.5, seed=0)
-    assert set(out) >= {"reconstruction", "masked_image", "mask"}
+    assert set(out) >= {"reconstruction", "decoded", "masked_image", "mask"}
     assert isinstance(out["reconstruction"], PIL.Image.Image) and out["reconstruction"].size == (32, 32)
     assert isinstance(out["masked_image"], PIL.Image.Image) and out["masked_image"].mode == "RGB"
     assert out["mask"].shape == (32, 32) and out["mask"].dtype == bool
@@ -51,6 +71,21 @@ def test_same_seed_same_output(pipe):
     assert np.array_equal(first["mask"], second["mask"])
     masks = {pipe(image, mask_ratio=0.5, seed=seed)["patch_mask"].tobytes() for seed in range(5)}
     assert len(masks) > 1
+
+
+def test_batching_changes_nothing(pipe):
+    images = [make_image(seed=i) for i in range(3)]
+    one_by_one = pipe(images, mask_ratio=0.5, seed=4, batch_size=1)
+    batched = pipe(images, mask_ratio=0.5, seed=4, batch_size=2)
+    for single, batch in zip(one_by_one, batched):
+        assert np.array_equal(single["patch_mask"], batch["patch_mask"])
+        assert np.abs(np.array(single["reconstruction"]).astype(int) - np.array(batch["reconstruction"])).max() <= 1
+    assert len({o["patch_mask"].tobytes() for o in one_by_one}) == 3  # each image its own mask
+    # Inpainting several images whose masks hide different numbers of patches, in one batch.
+    small, large = np.zeros((40, 50), dtype=bool), np.zeros((40, 50), dtype=bool)
+    small[18:20, 26:28], large[:, :25] = True, True
+    filled = pipe([{"image": images[0], "mask": small}, {"image": images[1], "mask": large}], batch_size=2)
+    assert [int(o["patch_mask"].sum()) for o in filled] == [1, 8]
 
 
 def test_inputs_paths_arrays_lists(pipe, tmp_path):
@@ -71,10 +106,11 @@ def test_inpainting_hides_exactly_the_touched_patches(pipe, tiny_model):
     expected[0, 0] = expected[2, 2] = True
     assert np.array_equal(out["patch_mask"].reshape(4, 4), expected)
 
-    # The composited latents keep the image's latents where nothing was hidden, and the model fills the rest.
+    # The composited latents keep the (painted) image's latents where nothing was hidden; the model fills the rest.
     inputs = pipe.preprocess(image, mask=mask)
     result = tiny_model.reconstruct(inputs["pixel_values"], patch_mask=inputs["patch_mask"])
-    latents = tiny_model.encode_images(inputs["pixel_values"])
+    painted = paint_hidden_pixels(inputs["pixel_values"], result.pixel_mask)
+    latents = tiny_model.lmd.encode_images(painted)
     visible = ~torch.from_numpy(expected).repeat_interleave(2, 0).repeat_interleave(2, 1)
     assert torch.allclose(result.latents[0][:, visible], latents[0][:, visible])
     assert not torch.allclose(result.latents[0][:, ~visible], latents[0][:, ~visible])
@@ -114,7 +150,7 @@ def test_clear_errors(pipe, tmp_path):
 
 def test_pipeline_save_pretrained_round_trip(pipe, tmp_path):
     pipe.save_pretrained(tmp_path / "saved")
-    again = pipeline("lmd-reconstruction", model=str(tmp_path / "saved"))
+    again = pipeline("lmd-reconstruction", model=str(tmp_path / "saved"), trust_remote_code=True)
     image = make_image()
     assert np.array_equal(
         np.array(pipe(image, seed=1)["reconstruction"]), np.array(again(image, seed=1)["reconstruction"])

@@ -9,10 +9,12 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import TrainerCallback
 
-from modeling_lmd import MASK_SCHEDULES, LMDConfig, LMDModel, mask_ratio_at
-from modeling_lmd.data import ImageDataset, RandomResizedCropFlip, ResizeCenterCrop, collate_fn
-from modeling_lmd.metrics import masked_psnr, mean_latent_fill
+from modeling_lmd import MASK_SCHEDULES, LMDConfig, LMDForPreTraining, LMDImageProcessor, mask_ratio_at
+from modeling_lmd.data import ImageDataset, ProcessorTransform, RandomResizedCropFlip, collate_fn
+from modeling_lmd.metrics import METRIC_NAMES, latent_mean_fill, mask_noise, psnr
+from modeling_lmd.modeling_lmd import paint_hidden_pixels
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
 
 
@@ -22,9 +24,12 @@ def image_dataset(count: int = 6, size: int = 40, seed: int = 0) -> datasets.Dat
     return datasets.Dataset.from_dict({"image": images}, features=datasets.Features({"image": datasets.Image()}))
 
 
-def make_model(schedule: str = "uniform") -> LMDModel:
+def make_model(schedule: str = "uniform") -> LMDForPreTraining:
     torch.manual_seed(0)
-    return LMDModel(LMDConfig.from_preset("lmd-tiny", mask_schedule=schedule))
+    return LMDForPreTraining(LMDConfig.from_preset("lmd-tiny", mask_schedule=schedule))
+
+
+EVAL_TRANSFORM = ProcessorTransform(LMDImageProcessor(size={"height": 32, "width": 32}))
 
 
 def make_args(tmp_path, **overrides) -> LMDTrainingArguments:
@@ -119,7 +124,7 @@ def test_resume_mid_epoch_reproduces_the_uninterrupted_run(tmp_path, accumulatio
 
 def test_vae_stays_frozen_and_gets_no_optimizer_state(tmp_path):
     model = make_model()
-    vae_before = {k: v.clone() for k, v in model.vae.state_dict().items()}
+    vae_before = {k: v.clone() for k, v in model.lmd.vae.state_dict().items()}
     trainer = LMDTrainer(
         model=model,
         args=make_args(tmp_path, max_steps=3, learning_rate=1e-2),
@@ -131,20 +136,20 @@ def test_vae_stays_frozen_and_gets_no_optimizer_state(tmp_path):
 
     saved = load_file(str(tmp_path / "out" / "model.safetensors"))
     for name, tensor in vae_before.items():
-        assert torch.equal(saved[f"vae.{name}"], tensor), name
+        assert torch.equal(saved[f"lmd.vae.{name}"], tensor), name
 
     names = {id(p): n for n, p in model.named_parameters()}
     optimized = [names[id(p)] for group in trainer.optimizer.param_groups for p in group["params"]]
-    assert optimized and not any(n.startswith("vae.") for n in optimized)
-    assert sorted(optimized) == sorted(n for n, p in model.named_parameters() if not n.startswith("vae."))
+    assert optimized and not any(n.startswith("lmd.vae.") for n in optimized)
+    assert sorted(optimized) == sorted(n for n, p in model.named_parameters() if not n.startswith("lmd.vae."))
     with_state = [names[id(p)] for p in trainer.optimizer.state]
-    assert with_state and not any(n.startswith("vae.") for n in with_state)
+    assert with_state and not any(n.startswith("lmd.vae.") for n in with_state)
 
     decay = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     no_decay = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
-    assert "encoder.cls_token" in no_decay and "decoder.mask_token" in no_decay
+    assert "lmd.embeddings.cls_token" in no_decay and "decoder.mask_token" in no_decay
     assert all(not n.endswith("bias") and "norm" not in n for n in decay)
-    assert "encoder.patch_embed.weight" in decay and "decoder.pred.weight" in decay
+    assert "lmd.embeddings.patch_embeddings.weight" in decay and "decoder.decoder_pred.weight" in decay
     assert trainer.optimizer.param_groups[0]["betas"] == (0.9, 0.95)
 
 
@@ -155,33 +160,41 @@ def test_base_learning_rate_scales_with_total_batch(tmp_path):
     assert (args.adam_beta1, args.adam_beta2, args.weight_decay) == (0.9, 0.95, 0.05)
 
 
-def test_evaluation_uses_the_fixed_ratio_and_seed(tmp_path):
+def test_evaluation_runs_through_the_trainer_loop_with_per_sample_masks(tmp_path):
     model = make_model()
     model.config.mask_ratio = 0.5
-    eval_set = ImageDataset(image_dataset(4, seed=1), "image", ResizeCenterCrop(32))
-    trainer = LMDTrainer(
-        model=model,
-        args=make_args(tmp_path, max_steps=2, per_device_eval_batch_size=3),
-        train_dataset=ImageDataset(image_dataset(), "image", RandomResizedCropFlip(32)),
-        eval_dataset=eval_set,
-        data_collator=collate_fn,
-        eval_baseline=True,
-    )
-    first, second = trainer.evaluate(), trainer.evaluate()
-    for key in ("eval_loss", "eval_masked_psnr", "eval_baseline_mean_latent_psnr"):
-        assert math.isfinite(first[key]) and first[key] == pytest.approx(second[key], abs=1e-7), key
+    eval_set = ImageDataset(image_dataset(5, seed=1), "image", EVAL_TRANSFORM, seed=3)
+    seen = []
+
+    class Spy(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            seen.append(metrics)
+
+    def evaluate(batch_size):
+        trainer = LMDTrainer(
+            model=model, args=make_args(tmp_path, max_steps=2, per_device_eval_batch_size=batch_size),
+            train_dataset=ImageDataset(image_dataset(), "image", RandomResizedCropFlip(32)),
+            eval_dataset=eval_set, data_collator=collate_fn, callbacks=[Spy()],
+        )
+        return trainer, trainer.evaluate()
+
+    trainer, first = evaluate(batch_size=3)
+    _, second = evaluate(batch_size=2)
+    assert len(seen) == 2 and seen[0]["eval_loss"] == first["eval_loss"]  # callbacks see the Trainer's metrics
+    for name in METRIC_NAMES:  # masks depend on the sample, not on how the samples are batched
+        assert math.isfinite(first[f"eval_{name}"]) and first[f"eval_{name}"] == pytest.approx(
+            second[f"eval_{name}"], abs=1e-5), name
     assert first["eval_mask_ratio"] == 0.5
 
-    # eval_loss is the model's loss at config.mask_ratio under masks drawn from the fixed eval seed.
-    generator = torch.Generator().manual_seed(0)
-    per_sample = []
+    # eval_loss is the mean per-image loss at config.mask_ratio under each image's own seeded mask.
+    batch = collate_fn([eval_set[i] for i in range(5)])
+    noise = mask_noise(batch["mask_seed"], 16, "cpu")
     with torch.no_grad():
-        for indices in ([0, 1, 2], [3]):
-            pixels = collate_fn([eval_set[i] for i in indices])["pixel_values"]
-            noise = torch.rand(len(indices), model.config.num_patches, generator=generator)
-            per_sample += [model(pixel_values=pixels[i : i + 1], mask_ratio=0.5, noise=noise[i : i + 1]).loss
-                           for i in range(len(indices))]
-    assert first["eval_loss"] == pytest.approx(float(torch.stack(per_sample).mean()), abs=1e-6)
+        per_image = [model(pixel_values=batch["pixel_values"][i : i + 1], mask_ratio=0.5, noise=noise[i : i + 1]).loss
+                     for i in range(5)]
+    assert first["eval_loss"] == pytest.approx(float(torch.stack(per_image).mean()), abs=1e-6)
+    # The references beside the model: the VAE alone beats the mean-colour fill on real pixels.
+    assert first["eval_vae_psnr"] > first["eval_pixel_mean_fill_psnr"] - 10
     trainer.train()
     assert model.config.mask_ratio == 0.5
 
@@ -206,22 +219,35 @@ def test_mask_ratio_reaches_tensorboard(tmp_path):
     assert [e.value for e in events] == pytest.approx([mask_ratio_at("uniform", k, 3) for k in range(3)], abs=1e-6)
 
 
-def test_masked_psnr_and_mean_latent_fill():
+def test_psnr_and_the_baselines_on_hand_made_examples():
     pixels = torch.zeros(2, 3, 8, 8)
     reconstruction = torch.full_like(pixels, 0.2)  # [0, 1] error 0.1 -> MSE 0.01 -> 20 dB
     pixel_mask = torch.zeros(2, 1, 8, 8)
     pixel_mask[:, :, :4] = 1
     reconstruction[:, :, 4:] = 1.0  # outside the mask: must not count
-    assert masked_psnr(reconstruction, pixels, pixel_mask) == pytest.approx(torch.tensor([20.0, 20.0]), abs=1e-4)
+    assert psnr(reconstruction, pixels, pixel_mask) == pytest.approx(torch.tensor([20.0, 20.0]), abs=1e-4)
+    assert torch.isnan(psnr(reconstruction, pixels, torch.zeros_like(pixel_mask))).all()  # nothing to score
+
+    # Pixel mean fill: the left half is red (1, -1, -1), the right half blue; the top-right quarter is hidden.
+    image = torch.full((1, 3, 4, 4), -1.0)
+    image[:, 0, :, :2] = 1.0
+    image[:, 2, :, 2:] = 1.0
+    hidden = torch.zeros(1, 1, 4, 4)
+    hidden[:, :, :2, 2:] = 1
+    filled = paint_hidden_pixels(image, hidden)
+    # 8 red and 4 blue visible pixels: mean colour (8 - 4) / 12 red, -1 green, (4 - 8) / 12 blue.
+    expected = torch.tensor([4 / 12, -1.0, -4 / 12])
+    assert torch.allclose(filled[0, :, :2, 2:].permute(1, 2, 0), expected.expand(2, 2, 3))
+    assert torch.equal(filled * (1 - hidden), image * (1 - hidden))  # visible pixels untouched
 
     model = make_model()
     latents = torch.randn(2, 4, 8, 8)
     mask = torch.zeros(2, model.config.num_patches)
     mask[:, :5] = 1
-    filled = mean_latent_fill(model, latents, mask)
+    filled = latent_mean_fill(model, latents, mask)
     patches, filled_patches = model.patchify(latents), model.patchify(filled)
     visible = mask[0] == 0
     assert torch.equal(filled_patches[:, visible], patches[:, visible])
     channel_means = patches[:, visible].reshape(2, -1, 4).mean(dim=1)  # (B, C)
-    hidden = filled_patches[:, ~visible].reshape(2, -1, 4)
-    assert torch.allclose(hidden, channel_means[:, None, :].expand_as(hidden), atol=1e-6)
+    hidden_patches = filled_patches[:, ~visible].reshape(2, -1, 4)
+    assert torch.allclose(hidden_patches, channel_means[:, None, :].expand_as(hidden_patches), atol=1e-6)

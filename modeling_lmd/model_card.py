@@ -1,0 +1,64 @@
+"""The model card `train_lmd.py` writes and pushes: rendered from `model_card_template.md` with the model's config,
+the training arguments and the metrics, each handed over whole."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
+CARD_TAGS = ["lmd", "masked-image-modeling", "image-to-image"]
+
+#: How the card names the evaluation metrics (`eval_<name>` in `metrics`), in this order.
+METRIC_LABELS = {
+    "loss": "Masked latent MSE (training objective)",
+    "masked_psnr": "PSNR (dB), LMD, leak-free (hidden pixels never seen)",
+    "masked_psnr_latent_masking": "PSNR (dB), LMD, whole image encoded, latents masked (paper's setting)",
+    "pixel_mean_fill_psnr": "PSNR (dB), baseline: hidden pixels painted with the visible mean colour",
+    "latent_mean_fill_psnr": "PSNR (dB), baseline: hidden latents set to the visible mean latent",
+    "vae_psnr": "PSNR (dB), ceiling: the VAE's own reconstruction",
+}
+
+
+def render_model_card(
+    model, training_args, metrics: dict[str, Any], facts: dict[str, Any], template_path: str | None = None
+) -> str:
+    """The card's text.
+
+    Args:
+        model: the trained `LMDForPreTraining` (its config and parameter counts are quoted).
+        training_args: the run's `LMDTrainingArguments`.
+        metrics: what `train_lmd.py` writes to `metrics.json` (`eval_*` entries are tabulated).
+        facts: what only the script knows: `repo_id`, `vae_description`, `dataset_description`, `dataset_tag`
+            (a Hub dataset id or `None`), `augmentation`, `train_samples`, `global_step`, `total_batch_size`,
+            `has_reconstructions`.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="image-to-image",
+        tags=list(CARD_TAGS),
+        datasets=[facts["dataset_tag"]] if facts.get("dataset_tag") else None,
+    )
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    metrics_table = [(label, f"{metrics[f'eval_{name}']:.4g}") for name, label in METRIC_LABELS.items()
+                     if f"eval_{name}" in metrics]
+    card = ModelCard.from_template(
+        card_data,
+        template_path=template_path or TEMPLATE,
+        model_name=facts["repo_id"].split("/")[-1],
+        config=model.config,
+        args=training_args,
+        facts=facts,
+        lr_scheduler_type=getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type),
+        trainable_parameters=f"{trainable:,}",
+        vae_parameters=f"{frozen:,}",
+        metrics_table=metrics_table,
+    )
+    return str(card)
+
+
+__all__ = ["CARD_TAGS", "TEMPLATE", "render_model_card"]
