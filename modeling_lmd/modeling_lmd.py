@@ -387,6 +387,28 @@ def uniform_noise(batch: int, length: int, generator, device) -> torch.Tensor:
     return torch.rand(batch, length, generator=generator).to(device)
 
 
+def hidden_from_noise(noise: torch.Tensor, num_visible: int) -> torch.Tensor:
+    """`(B, L)` bool, True where hidden: every patch except the `num_visible` with the lowest noise (the patches
+    `LMDEmbeddings.random_masking` keeps)."""
+    return torch.argsort(torch.argsort(noise, dim=1), dim=1) >= num_visible
+
+
+def check_input_values(name: str, values: torch.Tensor, pixel_range: bool) -> None:
+    """Refuse non-finite inputs (naming the count) and, for images, values outside about [-1, 1]: the two silent
+    ways to a useless loss (uint8 or [0, 255] pixels give a loss about 5x too high; one NaN makes a batch's NaN).
+    Costs a host sync: eval and inference check every call, training its first batches (`LMDTrainer`)."""
+    if values.is_floating_point():
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:
+            raise ValueError(f"{name} holds {bad} non-finite value(s) (NaN or inf) in a tensor of shape "
+                             f"{tuple(values.shape)}.")
+    if pixel_range:
+        low, high = float(values.min()), float(values.max())
+        if low < -1.05 or high > 1.05:
+            raise ValueError(f"images must be in [-1, 1]; use LMDImageProcessor (got pixel_values in "
+                             f"[{low:g}, {high:g}]).")
+
+
 def remaining_hidden_counts(num_hidden: int, num_steps: int) -> list[int]:
     """How many patches stay hidden after each of `num_steps` un-masking steps: MaskGIT's cosine,
     `floor(N cos(pi/2 (t + 1) / T))`, so few are revealed early and many late; at least one per step, none at the
@@ -569,6 +591,12 @@ class LMDModel(LMDPreTrainedModel):
     # --- image <-> latents ---------------------------------------------------------------------------
 
     def check_pixel_values(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
+        """Shape and dtype always; values (range, finiteness) outside training, see `check_input_values`."""
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"images must be in [-1, 1]; use LMDImageProcessor (got pixel_values of dtype "
+                             f"{pixel_values.dtype}).")
+        if not self.training:
+            check_input_values("pixel_values", pixel_values, pixel_range=True)
         channels, size = self.vae.config.in_channels, self.config.image_size
         if pixel_values.ndim != 4 or pixel_values.shape[1] != channels:
             raise ValueError(
@@ -589,6 +617,8 @@ class LMDModel(LMDPreTrainedModel):
             )
 
     def check_latents(self, latents: torch.Tensor, interpolate_pos_encoding: bool = False) -> None:
+        if not self.training:
+            check_input_values("latents", latents, pixel_range=False)
         config = self.config
         channels, size = config.latent_channels, config.latent_size
         if latents.ndim != 4 or latents.shape[1] != channels:
@@ -800,11 +830,18 @@ class LMDForPreTraining(LMDPreTrainedModel):
     def forward_loss(
         self, latents: torch.Tensor, predictions: torch.Tensor, mask: torch.Tensor, per_sample: bool = False
     ) -> torch.Tensor:
-        """Mean squared error over hidden patches only: `()`, or `(B,)` with `per_sample` (0 where none is hidden)."""
+        """Mean squared error over hidden patches (plus `config.visible_loss_weight` x the mean over visible ones):
+        `()`, or `(B,)` with `per_sample` (0 where none is hidden)."""
         per_patch = ((predictions.float() - self.loss_target(latents).float()) ** 2).mean(dim=-1)  # (B, L)
-        if per_sample:
-            return (per_patch * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
-        return (per_patch * mask).sum() / mask.sum().clamp(min=1.0)
+        dims = 1 if per_sample else (0, 1)
+
+        def masked_mean(weights):
+            return (per_patch * weights).sum(dim=dims) / weights.sum(dim=dims).clamp(min=1.0)
+
+        loss = masked_mean(mask)
+        if self.config.visible_loss_weight:
+            loss = loss + self.config.visible_loss_weight * masked_mean(1 - mask)
+        return loss
 
     def forward(
         self,
@@ -827,6 +864,18 @@ class LMDForPreTraining(LMDPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         mask_ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
+        target = None
+        if self.config.leak_free_training and pixel_values is not None:
+            # Hide the patches in pixel space first: the encoder gets the latents of the painted image, the loss
+            # compares with the latents of the real one.
+            target = self.lmd.latents_from_inputs(pixel_values, None, interpolate_pos_encoding)
+            grid = self.patch_grid(target)
+            if noise is None:
+                noise = torch.rand(target.shape[0], grid[0] * grid[1], device=target.device)
+            hidden = hidden_from_noise(noise.to(target.device), self.lmd.num_visible_patches(mask_ratio, noise.shape[1]))
+            pixel_mask = self.pixel_mask(hidden.to(pixel_values.dtype), pixel_values.shape[-2:])
+            latents, pixel_values = self.lmd.encode_images(paint_hidden_pixels(pixel_values, pixel_mask),
+                                                           interpolate_pos_encoding), None
         encoded = self.lmd(
             pixel_values=pixel_values,
             latents=latents,
@@ -838,12 +887,13 @@ class LMDForPreTraining(LMDPreTrainedModel):
             return_dict=True,
         )
         logits = self.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, self.patch_grid(encoded.latents))
+        target = encoded.latents if target is None else target.to(encoded.latents.dtype)
         output = LMDForPreTrainingOutput(
-            loss=self.forward_loss(encoded.latents, logits, encoded.mask).to(logits.dtype),
+            loss=self.forward_loss(target, logits, encoded.mask).to(logits.dtype),
             logits=logits,
             mask=encoded.mask,
             ids_restore=encoded.ids_restore,
-            latents=encoded.latents,
+            latents=target,
             hidden_states=encoded.hidden_states,
             attentions=encoded.attentions,
         )
@@ -1010,8 +1060,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
                 noise = uniform_noise(batch, num_patches, generator, device)
             elif tuple(noise.shape) != (batch, num_patches):
                 raise ValueError(f"Expected noise of shape ({batch}, {num_patches}), got {tuple(noise.shape)}.")
-            ranks = torch.argsort(torch.argsort(noise.to(device), dim=1), dim=1)
-            hidden = ranks >= num_visible
+            hidden = hidden_from_noise(noise.to(device), num_visible)
 
         encoder_hidden = hidden
         if mask_dilation > 0:
@@ -1133,10 +1182,12 @@ __all__ = [
     "LMDModelOutput",
     "LMDPreTrainedModel",
     "LMDReconstructionOutput",
+    "check_input_values",
     "feather_mask",
     "load_pretrained_vae",
     "paint_hidden_pixels",
     "pool_tokens",
+    "hidden_from_noise",
     "remaining_hidden_counts",
     "uniform_noise",
 ]
