@@ -29,7 +29,6 @@ from typing import Any
 
 import transformers
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from modeling_lmd import MASK_SCHEDULES, PRESETS, LMDConfig, LMDForPreTraining, LMDImageProcessor
 from modeling_lmd.data import (
@@ -40,13 +39,14 @@ from modeling_lmd.data import (
     cache_latents,
     collate_fn,
     default_latent_cache_dir,
+    drop_unreadable_images,
     find_image_column,
     load_image_datasets,
 )
-from modeling_lmd.metrics import mask_noise, save_reconstruction_grid
+from modeling_lmd.metrics import save_reconstruction_grid
 from modeling_lmd.model_card import render_model_card
 from modeling_lmd.pretrained import DEMO_VAE
-from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments, total_train_batch_size
+from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments, last_complete_checkpoint, total_train_batch_size
 
 
 logger = logging.getLogger("train_lmd")
@@ -118,6 +118,12 @@ class DataArguments:
         default=False, metadata={"help": "With cached latents, also flip latents horizontally (approximate)."}
     )
     encode_batch_size: int = field(default=32, metadata={"help": "Batch size of the VAE while caching latents."})
+    validate_images: str = field(
+        default="auto",
+        metadata={"help": "Open every image before training: 'header', 'full' (decode), or 'auto' (full up to 5000 "
+                  "images). Unreadable ones are skipped with one warning."},
+    )
+    strict_images: bool = field(default=False, metadata={"help": "Stop on unreadable images instead of skipping."})
     num_reconstructions: int = field(default=8, metadata={"help": "Validation images in reconstructions.png."})
     dataset_tag: str | None = field(
         default=None, metadata={"help": "Dataset id for the model card metadata (default: --dataset_name if a Hub id)."}
@@ -139,6 +145,9 @@ def parse_arguments(args: list[str] | str | None):
     # eval_strategy is set, which must not silently switch training off).
     if not {"do_train", "do_eval"} & given:
         parsed[2].do_train = parsed[2].do_eval = True
+    if parsed[2].max_steps == 0:  # the Trainer would read 0 as "no limit" and train by epochs
+        raise ValueError("--max_steps 0 would train nothing; give a positive number, or -1 to train by epochs "
+                         "(--num_train_epochs), or --do_eval without --do_train.")
     return parsed
 
 
@@ -185,26 +194,37 @@ def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments
     if validation is not None and len(validation) == 0:
         validation = None
     column = find_image_column(splits["train"], data_args.image_column_name)
+    # Unreadable images are dropped before any step, so neither training nor the final evaluation can fail on one.
+    train_split, train_content = drop_unreadable_images(splits["train"], column, "train", data_args.validate_images,
+                                                        data_args.strict_images)
+    if validation is not None:
+        validation, validation_content = drop_unreadable_images(validation, column, "validation",
+                                                                data_args.validate_images, data_args.strict_images)
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     train_transform = RandomResizedCropFlip(model.config.image_size)
     eval_transform = ProcessorTransform(LMDImageProcessor.from_model_config(model.config))
     eval_images = ImageDataset(validation, column, eval_transform, training_args.eval_seed) if validation else None
     augmentation = "RandomResizedCrop (scale 0.2-1, bicubic) + horizontal flip"
     if not data_args.cache_latents:
-        train = ImageDataset(splits["train"], column, train_transform, seed)
+        train = ImageDataset(train_split, column, train_transform, seed)
         return train, eval_images, f"{augmentation}, encoded on the fly"
 
+    if model.config.leak_free_training:
+        raise ValueError("leak_free_training encodes the masked images at every step, so it cannot train on cached "
+                         "latents; drop --cache_latents (or the leak_free_training override).")
     cache_dir = data_args.latent_cache_dir or default_latent_cache_dir()
     model.to(training_args.device)
-    with training_args.main_process_first(desc="caching latents"):
-        train_latents, _ = cache_latents(model, splits["train"], column, train_transform, cache_dir,
-                                         num_views=data_args.latent_cache_views, seed=seed,
-                                         batch_size=data_args.encode_batch_size, description="train")
-        evaluation = None
-        if validation is not None:
-            eval_latents, _ = cache_latents(model, validation, column, eval_transform, cache_dir, seed=seed,
-                                            batch_size=data_args.encode_batch_size, description="validation")
-            evaluation = LatentDataset(eval_latents, seed=training_args.eval_seed, pixels=eval_images)
+    # Every process takes part: each encodes its share of the images (see modeling_lmd.data.cache_latents).
+    train_latents, _ = cache_latents(model, train_split, column, train_transform, cache_dir,
+                                     num_views=data_args.latent_cache_views, seed=seed,
+                                     batch_size=data_args.encode_batch_size, description="train",
+                                     content_fingerprint=train_content)
+    evaluation = None
+    if validation is not None:
+        eval_latents, _ = cache_latents(model, validation, column, eval_transform, cache_dir, seed=seed,
+                                        batch_size=data_args.encode_batch_size, description="validation",
+                                        content_fingerprint=validation_content)
+        evaluation = LatentDataset(eval_latents, seed=training_args.eval_seed, pixels=eval_images)
     train = LatentDataset(train_latents, seed=seed, latent_flip=data_args.latent_flip)
     views = f"{data_args.latent_cache_views} cached view(s) per image" + (
         " + latent-space flips" if data_args.latent_flip else "")
@@ -242,9 +262,9 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
     transformers.utils.logging.set_verbosity(log_level)
 
     checkpoint = training_args.resume_from_checkpoint
-    if checkpoint in ("last", "latest", "auto"):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No checkpoint yet: starting from scratch.")
+    if checkpoint in ("last", "latest", "auto"):  # the newest checkpoint a kill did not cut short
+        checkpoint = last_complete_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No complete checkpoint yet: starting from scratch.")
 
     set_seed(training_args.seed)  # a new model's initialisation is reproducible
     model, vae_description = build_model(model_args, data_args)
@@ -273,9 +293,8 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
         os.makedirs(training_args.output_dir, exist_ok=True)
         if has_grid:
             batch = collate_fn([eval_dataset[i] for i in range(min(data_args.num_reconstructions, len(eval_dataset)))])
-            noise = mask_noise(batch["mask_seed"], model.config.num_patches, model.device)
             save_reconstruction_grid(os.path.join(training_args.output_dir, "reconstructions.png"), trainer.lmd_model,
-                                     batch["pixel_values"], noise)
+                                     batch["pixel_values"], batch["mask_seed"])
         metrics.update(global_step=trainer.state.global_step, mask_schedule=model.config.mask_schedule,
                        eval_samples=len(eval_dataset) if has_grid else 0, cache_latents=data_args.cache_latents)
         with open(os.path.join(training_args.output_dir, "metrics.json"), "w", encoding="utf-8") as handle:

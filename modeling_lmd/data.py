@@ -17,20 +17,31 @@ be drawn afresh every epoch; the trade-off taken here:
   This doubles the diversity for free, but a KL VAE is only approximately flip-equivariant, so it is off by
   default.
 
-The cache key hashes the VAE (class, config and a sha256 of its weights), the image size, the dataset's
-`datasets` fingerprint, the number of views, the seed and the augmentation parameters; a change to any of them
-builds a new cache. Layout: `<cache_dir>/<key>/shard-00000/ ...` (each `Dataset.save_to_disk`) plus
-`cache_info.json`, written last: a cache without it is incomplete and is rebuilt.
+The cache key hashes the VAE (class, config and a sha256 of its weights), the image size, the images' *content*
+(a sha256 of every image file's bytes, from `scan_images`: a file changed under the same name and date builds a
+new cache), the number of views, the seed and the augmentation parameters. Sharing a cache is safe:
+
+- A finished cache is never deleted or rewritten (a run reading it through a memory map cannot be hurt). It is
+  built in `<key>.partial/` and renamed into place with `cache_info.json` inside: a folder `<key>/` is complete.
+- A file lock per key (`<key>.lock`) makes a second run with the same key wait for the first and reuse its cache.
+- Under N processes (`torchrun` / `accelerate launch`) each process encodes its contiguous 1/N of the images into
+  `part-<rank>`; the main process joins the parts in order, so the cache equals a one-process one.
+
+Bad images. `scan_images` opens every image once before training (headers, or full decoding for small sets or on
+request): unreadable files are dropped with one warning that counts and names them (or refused with
+`strict=True`), so one corrupt JPEG cannot stop a run at step 3 or lose the final evaluation.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
 import os
 import shutil
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -42,8 +53,11 @@ from .image_processing_lmd import to_rgb_image
 
 logger = logging.getLogger(__name__)
 
-#: Bump when the cached content changes meaning (transform, layout), to invalidate existing caches.
-LATENT_CACHE_VERSION = "1"
+#: Bump when the cached content changes meaning (transform, layout, key), to invalidate existing caches.
+LATENT_CACHE_VERSION = "2"
+
+#: `scan_images` fully decodes every image of sets up to this size (headers only above it, unless asked).
+FULL_DECODE_LIMIT = 5000
 
 DEFAULT_CROP_SCALE = (0.2, 1.0)
 DEFAULT_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -165,6 +179,75 @@ def find_image_column(dataset, requested: str | None = None) -> str:
     raise ValueError(f"Could not find an image column among {columns}; pass --image_column_name.")
 
 
+@dataclass
+class ImageScan:
+    """What `scan_images` found: the readable rows, the unreadable ones `(row, where, error)`, and a sha256 of
+    every readable image's bytes (their content, whatever the file names or dates)."""
+
+    good: list[int] = field(default_factory=list)
+    bad: list[tuple[int, str, str]] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)
+
+    @property
+    def fingerprint(self) -> str:
+        """One sha256 over the readable images' contents, in order: the latent cache's key for the images."""
+        return hashlib.sha256("".join(self.digests).encode()).hexdigest()
+
+
+def scan_images(dataset, image_column: str, decode: str = "auto") -> ImageScan:
+    """Open every image of `dataset` once: `decode="header"` reads headers, `"full"` decodes the pixels (and
+    converts to RGB, as training will), `"auto"` is full up to `FULL_DECODE_LIMIT` images, headers above."""
+    import datasets
+
+    if decode not in ("auto", "header", "full"):
+        raise ValueError(f"decode must be 'auto', 'header' or 'full', got {decode!r}.")
+    full = decode == "full" or (decode == "auto" and len(dataset) <= FULL_DECODE_LIMIT)
+    raw = dataset
+    if isinstance(dataset.features.get(image_column), datasets.Image):
+        raw = dataset.cast_column(image_column, datasets.Image(decode=False))
+    scan = ImageScan()
+    for index, item in enumerate(raw.select_columns([image_column])):
+        value = item[image_column]
+        where = value.get("path") or f"row {index}" if isinstance(value, dict) else f"row {index}"
+        try:
+            if isinstance(value, dict):
+                data = value.get("bytes")
+                if data is None:
+                    with open(value["path"], "rb") as handle:
+                        data = handle.read()
+                with Image.open(io.BytesIO(data)) as image:
+                    if full:
+                        image.load()  # every pixel: a truncated file fails here
+                        to_rgb_image(image)
+                digest = hashlib.sha256(data).hexdigest()
+            else:  # an already decoded image (PIL or array): its pixels are its content
+                image = to_rgb_image(value)
+                digest = hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
+        except Exception as error:  # noqa: BLE001 - PIL raises many unrelated types for bad files
+            scan.bad.append((index, str(where), f"{type(error).__name__}: {error}"))
+            continue
+        scan.good.append(index)
+        scan.digests.append(digest)
+    return scan
+
+
+def drop_unreadable_images(dataset, image_column: str, split: str, decode: str = "auto", strict: bool = False):
+    """`dataset` without its unreadable images, and its content fingerprint. One warning counts them and names
+    the first few; with `strict` they are an error instead."""
+    scan = scan_images(dataset, image_column, decode)
+    if scan.bad:
+        listing = "; ".join(f"{where} ({error})" for _, where, error in scan.bad[:5])
+        more = f" and {len(scan.bad) - 5} more" if len(scan.bad) > 5 else ""
+        message = f"{len(scan.bad)} of {len(dataset)} {split} images cannot be read: {listing}{more}"
+        if strict:
+            raise ValueError(f"{message}. Remove or fix them, or drop --strict_images to skip them.")
+        logger.warning(f"{message}. They are skipped (--strict_images makes this an error).")
+        dataset = dataset.select(scan.good)
+    if len(dataset) == 0:
+        raise ValueError(f"No readable {split} images are left.")
+    return dataset, scan.fingerprint
+
+
 def _read_image(dataset, image_column: str, index: int) -> Image.Image:
     """The image of row `index` as RGB, or a `ValueError` naming the row and, where known, the file."""
     try:
@@ -210,7 +293,18 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, index))
-        return {"pixel_values": self.transform(self.image(index), generator), "mask_seed": mask_seed(self.seed, index)}
+        return {"pixel_values": self.transform(self.readable_image(index), generator),
+                "mask_seed": mask_seed(self.seed, index)}
+
+    def readable_image(self, index: int) -> Image.Image:
+        """The image of row `index`, or, if it cannot be read (a file `scan_images` only checked the header of),
+        the next readable one, with a warning: one bad file does not stop a run."""
+        for offset in range(len(self)):
+            try:
+                return self.image((index + offset) % len(self))
+            except ValueError as error:
+                logger.warning(f"Skipping an unreadable image: {error}")
+        raise ValueError("None of the images can be read.")
 
 
 class LatentDataset(torch.utils.data.Dataset):
@@ -284,9 +378,11 @@ def load_image_datasets(
     if dataset_name is not None:
         dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
     elif train_dir is not None:
-        data_files = {"train": os.path.join(train_dir, "**")}
-        if validation_dir is not None:
-            data_files["validation"] = os.path.join(validation_dir, "**")
+        folders = {"train": train_dir, "validation": validation_dir}
+        for split, folder in folders.items():
+            if folder is not None and not any(files for _, _, files in os.walk(folder)):
+                raise ValueError(f"The {split} folder {folder!r} holds no files (expected images, e.g. PNG or JPEG).")
+        data_files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder is not None}
         dataset = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
     else:
         raise ValueError("Pass --dataset_name or --train_dir (with optional --validation_dir).")
@@ -300,6 +396,14 @@ def load_image_datasets(
                 dataset["validation"] = dataset.pop(alias)
                 break
     if "validation" not in dataset and train_val_split and train_val_split > 0:
+        size = len(dataset["train"])
+        held_out = math.ceil(train_val_split * size) if train_val_split < 1 else int(train_val_split)
+        if not 0 < held_out < size:
+            raise ValueError(
+                f"--train_val_split {train_val_split} of {size} training image(s) leaves no image for training or "
+                "none for validation; pass --validation_dir (or a dataset with a validation split), or "
+                "--train_val_split 0 to train without validation."
+            )
         split = dataset["train"].train_test_split(test_size=train_val_split, seed=seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
     return dataset
@@ -320,13 +424,13 @@ def vae_identity(vae) -> dict:
 
 
 def latent_cache_key(
-    vae_id: dict, image_size: int, dataset_fingerprint: str, num_views: int, seed: int, transform: dict
+    vae_id: dict, image_size: int, content_fingerprint: str, num_views: int, seed: int, transform: dict
 ) -> str:
     payload = {
         "version": LATENT_CACHE_VERSION,
         "vae": vae_id,
         "image_size": int(image_size),
-        "dataset_fingerprint": dataset_fingerprint,
+        "content_fingerprint": content_fingerprint,
         "num_views": int(num_views),
         "seed": int(seed),
         "transform": transform,
@@ -339,8 +443,26 @@ def _load_cache(path: str):
 
     with open(os.path.join(path, "cache_info.json"), encoding="utf-8") as handle:
         info = json.load(handle)
-    shards = [datasets.load_from_disk(os.path.join(path, name)) for name in info["shards"]]
-    return datasets.concatenate_datasets(shards) if len(shards) > 1 else shards[0], info
+    parts = [datasets.load_from_disk(os.path.join(path, name)) for name in info["parts"]]
+    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], info
+
+
+def _encode_rows(model, dataset, image_column, transform, rows: range, num_views, seed, batch_size, progress):
+    """`(len(rows), K, C, h, w)` float32: view `v` of row `i` is `transform(image_i)` seeded by `(seed, v, i)`."""
+    config = model.config
+    out = np.empty((len(rows), num_views, config.latent_channels, config.latent_size, config.latent_size),
+                   dtype=np.float32)
+    for view in range(num_views):
+        for start in range(0, len(rows), batch_size):
+            indices = rows[start : start + batch_size]
+            pixels = torch.stack([
+                transform(_read_image(dataset, image_column, i),
+                          torch.Generator().manual_seed(derive_seed("cache-view", seed, view, i)))
+                for i in indices
+            ])
+            out[start : start + len(indices), view] = model.encode_images(pixels.to(model.device)).float().cpu().numpy()
+            progress.update(len(indices))
+    return out
 
 
 def cache_latents(
@@ -352,88 +474,85 @@ def cache_latents(
     num_views: int = 1,
     seed: int = 0,
     batch_size: int = 32,
-    shard_size: int = 4096,
     description: str = "train",
-    dataset_fingerprint: str | None = None,
+    content_fingerprint: str | None = None,
 ):
     """Encode every image of `dataset` `num_views` times with the frozen VAE of `model`, or reuse the cache.
 
-    View `v` of row `i` is `transform(image_i, generator)` with a generator seeded by `(seed, v, i)`.
-    Encoding is batched, runs under `torch.no_grad`, on `model`'s device, with a progress bar.
+    Safe to share between runs and across processes (see the module docstring): a lock per key, a build in
+    `<key>.partial` renamed into place, and under N processes a contiguous 1/N of the images per process. Every
+    process must call it (it synchronises them). `content_fingerprint` is the images' content hash
+    (`ImageScan.fingerprint`); it is computed when not given.
 
     Returns `(latents_dataset, info)`: a `datasets.Dataset` with a `latents` column of shape `(K, C, h, w)`
     (float32, memory-mapped from disk), and the cache's `cache_info.json` content (`info["path"]`,
     `info["reused"]`).
     """
     import datasets
+    from accelerate import PartialState
+    from filelock import FileLock
     from tqdm.auto import tqdm
 
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}.")
-    fingerprint = dataset_fingerprint or getattr(dataset, "_fingerprint", None)
-    if fingerprint is None:
-        raise ValueError("The dataset has no fingerprint; pass dataset_fingerprint.")
+    state = PartialState()
     model = model.base_model  # the LMDModel that holds the VAE
     config = model.config
+    fingerprint = content_fingerprint or scan_images(dataset, image_column, decode="header").fingerprint
     key = latent_cache_key(
         vae_identity(model.vae), config.image_size, fingerprint, num_views, seed,
         transform.describe() if hasattr(transform, "describe") else repr(transform),
     )
     path = os.path.join(cache_dir, key)
-    if os.path.isfile(os.path.join(path, "cache_info.json")):
-        latents, info = _load_cache(path)
+    staging = path + ".partial"
+    os.makedirs(cache_dir, exist_ok=True)
+    lock = FileLock(path + ".lock")
+    if state.is_main_process:
+        lock.acquire()  # another run building this key: wait for it, then reuse its cache
+    try:
+        state.wait_for_everyone()
+        reused = os.path.isfile(os.path.join(path, "cache_info.json"))
+        if not reused:
+            if state.is_main_process:  # leftovers of a killed build (this key is ours while we hold the lock)
+                shutil.rmtree(staging, ignore_errors=True)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)  # a folder without cache_info.json was never a finished cache
+                os.makedirs(staging)
+            state.wait_for_everyone()
+            per_process = math.ceil(len(dataset) / state.num_processes)
+            rows = range(min(len(dataset), state.process_index * per_process),
+                         min(len(dataset), (state.process_index + 1) * per_process))
+            shape = (num_views, config.latent_channels, config.latent_size, config.latent_size)
+            features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype="float32")})
+            was_training = model.training
+            model.eval()
+            progress = tqdm(total=len(rows) * num_views, desc=f"Encoding {description} images with the VAE",
+                            unit="img", disable=not state.is_local_main_process)
+            with torch.no_grad():
+                latents = _encode_rows(model, dataset, image_column, transform, rows, num_views, seed, batch_size,
+                                       progress)
+            progress.close()
+            model.train(was_training)
+            datasets.Dataset.from_dict({"latents": latents}, features=features).save_to_disk(
+                os.path.join(staging, f"part-{state.process_index:05d}"))
+            state.wait_for_everyone()
+            if state.is_main_process:
+                info = {"key": key, "num_rows": len(dataset), "num_views": num_views, "latent_shape": list(shape[1:]),
+                        "image_size": config.image_size, "content_fingerprint": fingerprint,
+                        "vae_class": type(model.vae).__name__, "seed": seed, "version": LATENT_CACHE_VERSION,
+                        "parts": [f"part-{rank:05d}" for rank in range(state.num_processes)]}
+                with open(os.path.join(staging, "cache_info.json"), "w", encoding="utf-8") as handle:
+                    json.dump(info, handle, indent=2)
+                os.replace(staging, path)
+                logger.info(f"Cached {len(dataset)} x {num_views} {description} latents in {path}.")
+        state.wait_for_everyone()
+    finally:
+        if state.is_main_process:
+            lock.release()
+    latents, info = _load_cache(path)
+    if reused:
         logger.info(f"Reusing {len(latents)} cached {description} latents from {path} (the VAE is not run).")
-        return latents, {**info, "path": path, "reused": True}
-
-    shutil.rmtree(path, ignore_errors=True)  # an incomplete earlier attempt
-    os.makedirs(path, exist_ok=True)
-    shape = (num_views, config.latent_channels, config.latent_size, config.latent_size)
-    features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype="float32")})
-    total = len(dataset)
-    shard_names = []
-    was_training = model.training
-    model.eval()
-    progress = tqdm(total=total * num_views, desc=f"Encoding {description} images with the VAE", unit="img")
-    with torch.no_grad():
-        for shard_index, shard_start in enumerate(range(0, total, shard_size)):
-            shard_end = min(total, shard_start + shard_size)
-            shard = np.empty((shard_end - shard_start, *shape), dtype=np.float32)
-            for view in range(num_views):
-                for start in range(shard_start, shard_end, batch_size):
-                    indices = range(start, min(shard_end, start + batch_size))
-                    pixels = torch.stack([
-                        transform(
-                            _read_image(dataset, image_column, i),
-                            torch.Generator().manual_seed(derive_seed("cache-view", seed, view, i)),
-                        )
-                        for i in indices
-                    ])
-                    encoded = model.encode_images(pixels.to(model.device)).float().cpu().numpy()
-                    shard[start - shard_start: start - shard_start + len(indices), view] = encoded
-                    progress.update(len(indices))
-            name = f"shard-{shard_index:05d}"
-            datasets.Dataset.from_dict({"latents": shard}, features=features).save_to_disk(os.path.join(path, name))
-            shard_names.append(name)
-    progress.close()
-    model.train(was_training)
-    info = {
-        "key": key,
-        "num_rows": total,
-        "num_views": num_views,
-        "latent_shape": list(shape[1:]),
-        "image_size": config.image_size,
-        "dataset_fingerprint": fingerprint,
-        "vae_class": type(model.vae).__name__,
-        "seed": seed,
-        "shards": shard_names,
-        "version": LATENT_CACHE_VERSION,
-    }
-    with open(os.path.join(path, "cache_info.json.tmp"), "w", encoding="utf-8") as handle:
-        json.dump(info, handle, indent=2)
-    os.replace(os.path.join(path, "cache_info.json.tmp"), os.path.join(path, "cache_info.json"))
-    latents, _ = _load_cache(path)
-    logger.info(f"Cached {total} x {num_views} {description} latents in {path}.")
-    return latents, {**info, "path": path, "reused": False}
+    return latents, {**info, "path": path, "reused": reused}
 
 
 __all__ = [
@@ -445,11 +564,13 @@ __all__ = [
     "collate_fn",
     "default_latent_cache_dir",
     "derive_seed",
+    "drop_unreadable_images",
     "find_image_column",
     "image_to_tensor",
     "latent_cache_key",
     "load_image_datasets",
     "mask_seed",
     "random_resized_crop_box",
+    "scan_images",
     "vae_identity",
 ]

@@ -28,6 +28,20 @@ def load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
     return PIL.ImageOps.exif_transpose(image)
 
 
+def load_image_url(url: str) -> PIL.Image.Image:
+    """An image from a URL, fetched as transformers' image utilities do; refused, clearly, when offline."""
+    from huggingface_hub.constants import is_offline_mode
+    from transformers.image_utils import load_image
+
+    if is_offline_mode():
+        raise ValueError(f"{url!r} is a URL, and URLs are not fetched offline (HF_HUB_OFFLINE is set); download the "
+                         "image and pass its path.")
+    try:
+        return load_image(url)
+    except Exception as error:  # network and decoding errors of many types
+        raise ValueError(f"Could not fetch an image from {url!r}: {error}") from error
+
+
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
     """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}; uint8, bool, or floats in [0, 1] -> PIL."""
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
@@ -53,7 +67,9 @@ def to_rgb_image(image: Any) -> PIL.Image.Image:
 
     Transparent pixels (RGBA, LA, palette with transparency) are composited onto white; grayscale is replicated.
     """
-    if isinstance(image, (str, os.PathLike)):
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        image = load_image_url(image)
+    elif isinstance(image, (str, os.PathLike)):
         image = load_image_file(image)
     elif isinstance(image, torch.Tensor):
         image = _array_to_pil(image.detach().cpu().numpy())

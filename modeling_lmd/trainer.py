@@ -33,13 +33,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
-from .metrics import METRIC_NAMES, mask_noise, reconstruction_metrics, summarize_reconstruction_metrics
+from .metrics import METRIC_NAMES, reconstruction_metrics, summarize_reconstruction_metrics
+from .modeling_lmd import check_input_values
 
 
 logger = logging.getLogger(__name__)
 
 #: Parameter-name endings that never get weight decay (besides biases and norms).
 NO_DECAY_NAMES = ("cls_token", "mask_token")
+
+#: Training checks the values of its first batches (range, finiteness: a host sync), not every step.
+CHECKED_TRAINING_BATCHES = 3
 
 
 @dataclass
@@ -104,6 +108,7 @@ class LMDTrainer(Trainer):
         if self.compute_metrics is None:
             self.compute_metrics = summarize_reconstruction_metrics
         self._last_train_mask_ratio: float | None = None
+        self._checked_batches = 0
         self._noise_step = -1
         self._noise_micro_batch = 0
         base_lr = getattr(self.args, "base_learning_rate", None)
@@ -142,6 +147,11 @@ class LMDTrainer(Trainer):
         if "latents" in inputs:
             inputs.pop("pixel_values", None)  # cached latents win; pixels only serve evaluation metrics
         if model.training:
+            if self._checked_batches < CHECKED_TRAINING_BATCHES:
+                self._checked_batches += 1
+                for name in ("pixel_values", "latents"):
+                    if name in inputs:
+                        check_input_values(name, inputs[name], pixel_range=name == "pixel_values")
             ratio = self.scheduled_mask_ratio()
             self._last_train_mask_ratio = ratio
             reference = inputs.get("latents", inputs.get("pixel_values"))
@@ -184,14 +194,13 @@ class LMDTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         lmd_model = self.lmd_model
         batch = inputs.get("latents", inputs.get("pixel_values"))
-        if "mask_seed" in inputs:
-            noise = mask_noise(inputs["mask_seed"], lmd_model.config.num_patches, batch.device)
-        else:  # a dataset without per-image seeds: fixed, but tied to the batch order
+        mask_seeds = inputs.get("mask_seed")
+        if mask_seeds is None:  # a dataset without per-image seeds: fixed, but tied to the batch order
             self._eval_batches_seen = getattr(self, "_eval_batches_seen", 0) + 1
-            seed = derive_seed("eval", self.args.eval_seed, self._eval_batches_seen, self.args.process_index)
-            noise = torch.rand(batch.shape[0], lmd_model.config.num_patches,
-                               generator=torch.Generator().manual_seed(seed)).to(batch.device)
-        metrics = reconstruction_metrics(lmd_model, inputs.get("pixel_values"), noise, latents=inputs.get("latents"))
+            mask_seeds = [derive_seed("eval", self.args.eval_seed, self._eval_batches_seen, self.args.process_index, i)
+                          for i in range(batch.shape[0])]
+        metrics = reconstruction_metrics(lmd_model, inputs.get("pixel_values"), mask_seeds,
+                                         latents=inputs.get("latents"))
         per_image = torch.stack([metrics[name].float() for name in METRIC_NAMES], dim=1)
         num_hidden = torch.full((batch.shape[0],), lmd_model.config.num_patches
                                 - lmd_model.lmd.num_visible_patches(lmd_model.config.mask_ratio), device=batch.device)
@@ -215,4 +224,35 @@ class LMDTrainer(Trainer):
                 handle.write(self.model_card_text)
 
 
-__all__ = ["LMDTrainer", "LMDTrainingArguments", "is_vae_parameter", "total_train_batch_size"]
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder a run can resume from exactly, skipping (with a warning) any that a kill
+    cut short. The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG states first and
+    `trainer_state.json` last, and deletes older checkpoints only after that, so a kill leaves the previous
+    checkpoint complete: complete means a parsable trainer state, readable weights and the optimizer state."""
+    import glob
+    import json
+    import re
+
+    from safetensors import safe_open
+
+    folders = [f for f in glob.glob(os.path.join(output_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", f)]
+    for folder in sorted(folders, key=lambda f: int(f.rsplit("-", 1)[1]), reverse=True):
+        try:
+            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as handle:
+                json.load(handle)
+            weights = os.path.join(folder, "model.safetensors")
+            with safe_open(weights, framework="pt") as handle:
+                for name in handle.keys():  # reads every tensor: a truncated file fails here
+                    handle.get_tensor(name)
+            for name in ("optimizer.pt", "scheduler.pt"):
+                if os.path.getsize(os.path.join(folder, name)) == 0:
+                    raise ValueError(f"{name} is empty")
+        except Exception as error:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable
+            logger.warning(f"Skipping incomplete checkpoint {folder} ({type(error).__name__}: {error}).")
+            continue
+        return folder
+    return None
+
+
+__all__ = ["LMDTrainer", "LMDTrainingArguments", "is_vae_parameter", "last_complete_checkpoint",
+           "total_train_batch_size"]
