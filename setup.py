@@ -27,6 +27,10 @@ setup(
     extras_require={
         # Sources of the offline demo photographs (they ship inside these packages).
         "demo": ["scikit-image", "scikit-learn", "matplotlib"],
-        "test": ["pytest", "scikit-image", "scikit-learn", "matplotlib", "tensorboard"],
+        # The Gradio demo app (app.py); its example photos come from scikit-image.
+        "app": ["gradio>=6", "scikit-image"],
+        # gradio and playwright for tests/test_app.py; the browser test uses the system Chromium (Debian's
+        # `chromium` package), never a browser downloaded by `playwright install`.
+        "test": ["pytest", "scikit-image", "scikit-learn", "matplotlib", "tensorboard", "gradio>=6", "playwright"],
     },
 )

@@ -1,0 +1,458 @@
+"""LMD demo app (Gradio): hide part of a photo and let an LMD model paint it back in.
+
+Run it locally (binds to 127.0.0.1:7860; nothing is shared unless you pass --share):
+
+    pip install -e ".[app]"
+    python app.py                                # the shipped 64 px demo checkpoint, fully offline
+    python app.py --model path/to/lmd-checkpoint # any LMDForPreTraining folder (or a Hub id, with network)
+
+The same file is a Hugging Face Space's `app_file` (see spaces/README.md). The reconstruction itself is the plain
+function `reconstruct` (no Gradio involved); `build_demo` wires it into the page and `main` parses the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+# No usage statistics or version checks leave this machine (the app must also work offline).
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np
+import PIL.Image
+import PIL.ImageOps
+
+from modeling_lmd.image_processing_lmd import to_rgb_image
+from modeling_lmd.pretrained import DEMO_LMD
+
+logger = logging.getLogger("lmd_app")
+
+#: Uploads above this many pixels are refused (decoding them would take seconds and gigabytes for a 64 px model).
+MAX_PIXELS = 40_000_000
+#: Uploads whose shorter side is below this are refused: there is nothing left to hide and fill in.
+MIN_SIDE = 16
+#: Photos are centre-cropped to a square (what the model sees) and shown at this size in the editor.
+WORK_SIZE = 512
+#: The model's small outputs (64 px for the demo model) are enlarged to this size for display (nearest
+#: neighbour: every model pixel stays a crisp square, nothing is invented by the upscaling).
+DISPLAY_SIZE = 256
+#: Uploads larger than this are refused by the web server before they reach Python.
+MAX_UPLOAD_SIZE = "200mb"
+
+MODE_RANDOM = "Random patches"
+MODE_BRUSH = "Brush strokes (inpainting)"
+
+#: The example photos: they ship inside scikit-image (`pip install scikit-image`), nothing is downloaded.
+EXAMPLE_PHOTOS = {"astronaut": "Astronaut", "chelsea": "Cat (Chelsea)", "coffee": "Coffee cup"}
+
+
+class PhotoError(ValueError):
+    """A photo or mask the app cannot use; the message is written for the person using the page."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plain functions: no Gradio in here, so they can be tested (and reused) without a browser.
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{os.path.basename(os.fspath(source))}'"
+    return "the image"
+
+
+def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
+    """Open an image file and check its size from the header, before decoding the pixels."""
+    name = _describe(path)
+    if not os.path.isfile(path):
+        raise PhotoError(f"No file at {os.fspath(path)!r}.")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(path)
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise PhotoError(
+            f"{name} is far too large (over {PIL.Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels). "
+            f"Please upload a photo of at most {MAX_PIXELS / 1e6:.0f} megapixels."
+        ) from None
+    except Exception:  # noqa: BLE001  (PIL raises several unrelated types for non-image files)
+        raise PhotoError(
+            f"{name} is not an image file this app can read; please upload a photo (PNG, JPEG, WebP, TIFF, BMP, "
+            f"GIF, ...)."
+        ) from None
+    _check_size(image.width, image.height, name)
+    try:
+        image.load()
+    except Exception as error:  # noqa: BLE001  (truncated or corrupt pixel data, several types)
+        raise PhotoError(f"{name} looks like an image but could not be decoded (damaged file?): {error}") from None
+    return PIL.ImageOps.exif_transpose(image)
+
+
+def _check_size(width: int, height: int, name: str = "the image") -> None:
+    if width * height > MAX_PIXELS:
+        raise PhotoError(
+            f"{name} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels): too large. "
+            f"The limit is {MAX_PIXELS / 1e6:.0f} megapixels; please downscale it first "
+            f"(the model works at a small size anyway)."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise PhotoError(
+            f"{name} is only {width}x{height} pixels: too small. "
+            f"Please use a photo of at least {MIN_SIDE}x{MIN_SIDE} pixels."
+        )
+
+
+def prepare_photo(source: Any, size: int = WORK_SIZE) -> PIL.Image.Image:
+    """Any image (file path, PIL image, numpy array) -> a `size` x `size` RGB photo, or a `PhotoError`.
+
+    16-bit, CMYK, grayscale, palette and transparent images are converted to RGB (transparent areas become white).
+    The photo is centre-cropped to a square because that is what the model sees; the brush mask is drawn on it.
+    """
+    if source is None:
+        raise PhotoError("No photo yet: pick one of the example photos or upload your own.")
+    if isinstance(source, (str, os.PathLike)):
+        image = _open_image_file(source)
+    elif isinstance(source, (PIL.Image.Image, np.ndarray)):
+        width, height = (source.width, source.height) if isinstance(source, PIL.Image.Image) else (
+            (source.shape[1], source.shape[0]) if source.ndim >= 2 else (0, 0))
+        _check_size(width, height)
+        image = source
+    else:
+        raise PhotoError(f"Unsupported photo type {type(source).__name__}; upload an image file.")
+    try:
+        image = to_rgb_image(image)
+    except (ValueError, TypeError) as error:
+        raise PhotoError(f"{_describe(source)} could not be converted to an RGB photo: {error}") from None
+    resample = PIL.Image.Resampling.LANCZOS if min(image.size) >= size else PIL.Image.Resampling.BICUBIC
+    return PIL.ImageOps.fit(image, (size, size), method=resample, centering=(0.5, 0.5))
+
+
+def brush_mask(layers: list[Any] | None, size: tuple[int, int]) -> np.ndarray:
+    """Brush layers (RGBA arrays or PIL images; painted = alpha > 0) -> a boolean `(height, width)` mask.
+
+    `size` is the photo's `(width, height)`; layers of another size (a resized canvas) are scaled to it.
+    """
+    width, height = size
+    mask = np.zeros((height, width), dtype=bool)
+    for layer in layers or []:
+        if layer is None:
+            continue
+        array = np.asarray(layer.convert("RGBA") if isinstance(layer, PIL.Image.Image) else layer)
+        if array.ndim == 3 and array.shape[-1] == 4:
+            painted = array[..., 3] > 0
+        elif array.ndim == 3:
+            painted = array.any(axis=-1)
+        elif array.ndim == 2:
+            painted = array > 0
+        else:
+            raise PhotoError(f"Unexpected brush layer of shape {array.shape}.")
+        if painted.shape != (height, width):
+            painted = np.asarray(
+                PIL.Image.fromarray(painted).resize((width, height), resample=PIL.Image.Resampling.NEAREST)
+            )
+        mask |= painted
+    return mask
+
+
+@dataclass
+class Reconstruction:
+    """What the page shows: the model's three small outputs, enlarged, and a one-line summary."""
+
+    masked_image: PIL.Image.Image  # the model's input, hidden patches mid-grey
+    decoded: PIL.Image.Image  # the raw decode of the model's output (every pixel comes from the model)
+    reconstruction: PIL.Image.Image  # the model's fill inside the hidden region, the input's own pixels outside
+    hidden_patches: int
+    total_patches: int
+    seconds: float
+
+    @property
+    def summary(self) -> str:
+        share = self.hidden_patches / self.total_patches
+        return (f"Done in {self.seconds:.1f} s: {self.hidden_patches} of {self.total_patches} patches "
+                f"({share:.0%}) were hidden and filled in by the model.")
+
+
+def _enlarge(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
+    return image.resize((size, size), resample=PIL.Image.Resampling.NEAREST)
+
+
+def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0.5, seed: int = 0,
+                num_inference_steps: int = 1, mask: np.ndarray | None = None,
+                display_size: int = DISPLAY_SIZE) -> Reconstruction:
+    """Hide part of `photo` and let the LMD pipeline `pipe` fill it in.
+
+    Args:
+        pipe: an `"lmd-reconstruction"` pipeline (see `load_pipeline`).
+        photo: a file path, PIL image or numpy array (checked and converted by `prepare_photo`).
+        mode: `"random"` hides a random `mask_ratio` share of the latent patches (drawn from `seed`);
+            `"brush"` hides the patches that the boolean `mask` (over the prepared photo's pixels) touches.
+        num_inference_steps: 1 fills everything at once; more reveals the hidden patches progressively.
+
+    Raises `PhotoError` (a `ValueError`) with a message for the page when the inputs cannot be used.
+    """
+    mode = {MODE_RANDOM: "random", MODE_BRUSH: "brush"}.get(mode, mode)
+    if mode not in ("random", "brush"):
+        raise PhotoError(f"Unknown mode {mode!r}; use 'random' or 'brush'.")
+    try:
+        steps = int(num_inference_steps)
+        seed = int(seed)
+    except (TypeError, ValueError):
+        raise PhotoError("num_inference_steps and the seed must be whole numbers.") from None
+    if not 1 <= steps <= 8:
+        raise PhotoError(f"num_inference_steps must be between 1 and 8, got {steps}.")
+    if seed < 0:
+        raise PhotoError(f"The seed must be 0 or more, got {seed}.")
+    image = prepare_photo(photo)
+    start = time.perf_counter()
+    try:
+        if mode == "random":
+            if mask_ratio is None or not 0.05 <= float(mask_ratio) <= 0.95:
+                raise PhotoError(f"The share to hide must be between 0.05 and 0.95, got {mask_ratio}.")
+            out = pipe(image, mask_ratio=float(mask_ratio), seed=seed, num_inference_steps=steps)
+        else:
+            if mask is None or not np.asarray(mask).any():
+                raise PhotoError(
+                    "Nothing is painted yet: in brush mode, paint over the part of the photo to hide "
+                    "(or switch to random patches)."
+                )
+            mask = np.asarray(mask, dtype=bool)
+            if mask.shape != (image.height, image.width):
+                mask = np.asarray(PIL.Image.fromarray(mask).resize(image.size, PIL.Image.Resampling.NEAREST))
+            out = pipe(image, mask=mask, seed=seed, num_inference_steps=steps)
+    except PhotoError:
+        raise
+    except (ValueError, TypeError) as error:  # the pipeline's own checks, e.g. a mask that hides everything
+        raise PhotoError(str(error)) from None
+    seconds = time.perf_counter() - start
+    patch_mask = np.asarray(out["patch_mask"])
+    return Reconstruction(
+        masked_image=_enlarge(out["masked_image"], display_size),
+        decoded=_enlarge(out["decoded"], display_size),
+        reconstruction=_enlarge(out["reconstruction"], display_size),
+        hidden_patches=int(patch_mask.sum()),
+        total_patches=int(patch_mask.size),
+        seconds=seconds,
+    )
+
+
+def load_pipeline(model_name_or_path: str | os.PathLike = DEMO_LMD):
+    """The `"lmd-reconstruction"` pipeline (on the CPU) for an LMD pre-training checkpoint: a folder or a Hub id."""
+    from transformers import pipeline
+
+    import modeling_lmd  # registers the task and the Auto classes
+
+    model = os.fspath(model_name_or_path)
+    if os.path.abspath(model) == os.path.abspath(DEMO_LMD):
+        return pipeline("lmd-reconstruction", model=DEMO_LMD)
+    # Any other folder or Hub id: the pipeline class from this package, so no remote code is needed.
+    return pipeline("lmd-reconstruction", model=model, pipeline_class=modeling_lmd.LMDReconstructionPipeline)
+
+
+def example_photo_paths(folder: str | os.PathLike | None = None) -> dict[str, str]:
+    """Write the scikit-image example photos as square PNGs (once) and return {label: path}."""
+    import skimage.data
+
+    folder = os.fspath(folder or os.path.join(tempfile.gettempdir(), "lmd_app_examples"))
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for name, label in EXAMPLE_PHOTOS.items():
+        path = os.path.join(folder, f"{name}.png")
+        if not os.path.isfile(path):
+            partial = f"{path}.{os.getpid()}.png"  # written whole, then renamed: safe with several apps at once
+            prepare_photo(getattr(skimage.data, name)()).save(partial)
+            os.replace(partial, path)
+        paths[label] = path
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The page.
+# ----------------------------------------------------------------------------------------------------------------
+
+INTRO = """\
+# LMD: fill in the hidden parts of a photo
+
+An LMD model sees a photo with some of its patches hidden and paints them back in from what is still visible.
+The model works on **{size}x{size}-pixel** images (photos are centre-cropped to a square and shrunk); the results
+are shown enlarged, so each small square is one model pixel.
+
+**1.** Pick an example photo or upload your own. &nbsp; **2.** Choose what to hide: random patches, or paint over
+a region with the brush. &nbsp; **3.** Press **Reconstruct**.
+"""
+
+CSS = """
+#lmd-status textarea { font-size: 0.95rem; }
+.lmd-result img { image-rendering: pixelated; }
+"""
+
+
+def _editor_value(photo: PIL.Image.Image) -> dict:
+    return {"background": photo, "layers": [], "composite": photo}
+
+
+NO_PHOTO = "No photo yet: pick one of the example photos or upload your own."
+
+
+def run_from_editor(pipe, editor: dict | None, mode: str, mask_ratio: float, seed: int, steps: int):
+    """What the Reconstruct button does, minus Gradio: the editor's value (background photo + brush layers) and the
+    controls -> `(Reconstruction or None, message)`. Never raises: every problem becomes the message."""
+    background = editor.get("background") if editor else None
+    if background is None or (isinstance(background, np.ndarray) and background.ndim == 3
+                              and background.shape[-1] == 4 and not background[..., 3].any()):
+        return None, NO_PHOTO  # nothing loaded (an empty canvas is fully transparent)
+    try:
+        photo = prepare_photo(background)
+        strokes = brush_mask(editor.get("layers"), photo.size)
+        result = reconstruct(pipe, photo, mode=mode, mask_ratio=mask_ratio, seed=seed, num_inference_steps=steps,
+                             mask=strokes if mode in (MODE_BRUSH, "brush") else None)
+    except PhotoError as error:
+        return None, str(error)
+    except Exception as error:  # never a traceback in the page; the log keeps it
+        logger.exception("reconstruction failed")
+        return None, f"The reconstruction failed: {type(error).__name__}: {error}"
+    message = result.summary
+    if mode not in (MODE_BRUSH, "brush") and strokes.any():
+        message += f" Your brush strokes were not used: choose '{MODE_BRUSH}' to hide what you painted."
+    return result, message
+
+
+def photo_from_upload(path: str | os.PathLike | None):
+    """What an upload does, minus Gradio: a file -> `(photo or None, message)`. Never raises."""
+    try:
+        photo = prepare_photo(path)
+    except PhotoError as error:
+        return None, str(error)
+    except Exception as error:  # never a traceback in the page; the log keeps it
+        logger.exception("upload failed")
+        return None, f"Could not use this file: {type(error).__name__}: {error}"
+    return photo, f"Loaded {os.path.basename(os.fspath(path))}. Now choose what to hide and press Reconstruct."
+
+
+def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
+    """The Gradio page for the checkpoint `model_name_or_path` (or an already built `pipe` of it)."""
+    import gradio as gr
+
+    if pipe is None:
+        pipe = load_pipeline(model_name_or_path)
+    is_demo_model = os.path.abspath(os.fspath(model_name_or_path)) == os.path.abspath(DEMO_LMD)
+    model_label = "the shipped demo checkpoint" if is_demo_model else f"{model_name_or_path}"
+    examples = example_photo_paths()
+    size = pipe.model.config.image_size  # the model's input side, in pixels
+    cell = pipe.model.config.patch_size * pipe.model.config.vae_downsampling_factor  # one latent patch, in pixels
+
+    def on_upload(path):
+        # Outputs: editor, the three results, status, the upload box (reset so that the next file can be dropped).
+        if not path:
+            return (gr.skip(),) * 6
+        photo, message = photo_from_upload(path)
+        if photo is None:
+            gr.Warning(message)
+            return *(gr.skip(),) * 4, message, None
+        return _editor_value(photo), None, None, None, message, None
+
+    def on_run(editor, mode, mask_ratio, seed, steps):
+        result, message = run_from_editor(pipe, editor, mode, mask_ratio, seed, steps)
+        if result is None:
+            gr.Warning(message)
+            return None, None, None, message
+        return result.masked_image, result.decoded, result.reconstruction, message
+
+    def on_mode(mode):
+        return gr.update(visible=mode == MODE_RANDOM), gr.update(visible=mode == MODE_BRUSH)
+
+    with gr.Blocks(title="LMD: fill in hidden parts of a photo") as demo:
+        gr.Markdown(INTRO.format(size=size))
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                editor = gr.ImageEditor(
+                    value=_editor_value(prepare_photo(next(iter(examples.values())))),
+                    label="Photo (in brush mode: paint over what to hide)", type="numpy", image_mode="RGBA",
+                    sources=[], transforms=[], layers=False, format="png", canvas_size=(WORK_SIZE, WORK_SIZE),
+                    height=460, elem_id="lmd-editor",
+                    brush=gr.Brush(colors=["#ff00c8"], default_color="#ff00c8", color_mode="fixed", default_size=28),
+                    eraser=gr.Eraser(default_size=28),
+                )
+                gr.Examples(examples=[[path] for path in examples.values()], inputs=[editor],
+                            label="Example photos (click one)")
+                upload = gr.File(label="...or upload your own photo (PNG, JPEG, WebP, TIFF, BMP; up to 40 megapixels)",
+                                 type="filepath", height=150, elem_id="lmd-upload")
+            with gr.Column(scale=2):
+                mode = gr.Radio([MODE_RANDOM, MODE_BRUSH], value=MODE_RANDOM, label="What to hide",
+                                elem_id="lmd-mode")
+                with gr.Group(visible=True) as random_controls:
+                    mask_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Share of the photo to hide",
+                                           info=f"Random {cell}x{cell}-pixel patches of the {size}x{size} model "
+                                                "input.",
+                                           elem_id="lmd-mask-ratio")
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed",
+                                     info="The same seed hides the same patches.", elem_id="lmd-seed")
+                brush_help = gr.Markdown(
+                    "Paint over the region to hide with the pink brush (the eraser takes strokes back). Every "
+                    f"{cell}x{cell}-pixel patch of the {size}x{size} model input that your strokes touch is hidden.",
+                    visible=False,
+                )
+                steps = gr.Slider(1, 8, value=1, step=1, label="num_inference_steps",
+                                  info="1 fills all hidden patches at once; more steps reveal them progressively "
+                                       "(slower).", elem_id="lmd-steps")
+                run = gr.Button("Reconstruct", variant="primary", elem_id="lmd-run")
+                status = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="lmd-status",
+                                    value=f"Model: {model_label}. Press Reconstruct, or pick another photo first.")
+        gr.Markdown(f"### Result ({size}x{size}-pixel model output, shown enlarged)\n"
+                    "Left: what the model was given. Middle: everything the model drew, for the whole image. "
+                    "Right: the model's drawing in the hidden patches, the photo's own pixels everywhere else "
+                    "(blended over a few pixels at the edges).")
+        with gr.Row():
+            common = {"type": "pil", "format": "png", "interactive": False, "height": DISPLAY_SIZE + 40,
+                      "elem_classes": ["lmd-result"]}
+            masked_out = gr.Image(label="Masked input (grey = hidden)", elem_id="lmd-masked", **common)
+            decoded_out = gr.Image(label="Reconstruction (raw decode)", elem_id="lmd-decoded", **common)
+            pasted_out = gr.Image(label="Reconstruction with the visible pixels pasted back", elem_id="lmd-pasted",
+                                  **common)
+
+        mode.change(on_mode, inputs=mode, outputs=[random_controls, brush_help])
+        # Progress shows on the status box only: an editor that a failed upload leaves alone keeps its photo.
+        upload.upload(on_upload, inputs=upload, outputs=[editor, masked_out, decoded_out, pasted_out, status, upload],
+                      show_progress_on=[status])
+        run.click(on_run, inputs=[editor, mode, mask_ratio, seed, steps],
+                  outputs=[masked_out, decoded_out, pasted_out, status])
+    return demo
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="LMD demo app: hide part of a photo and let the model fill it in.")
+    parser.add_argument("--model", default=DEMO_LMD,
+                        help="LMD pre-training checkpoint: a folder or a Hub id (default: the shipped demo model).")
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="Address to bind (default 127.0.0.1, this machine only; Spaces set 0.0.0.0).")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+                        help="Port (default 7860).")
+    parser.add_argument("--share", action="store_true",
+                        help="Also create a public gradio.live link (off by default).")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request gradio makes to itself
+    try:
+        pipe = load_pipeline(args.model)
+    except Exception as error:  # noqa: BLE001  (any loading failure becomes a one-line message)
+        print(f"error: could not load the LMD checkpoint {args.model!r}: {error}", file=sys.stderr)
+        return 2
+    demo = build_demo(args.model, pipe=pipe)
+    demo.queue(default_concurrency_limit=1)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS,
+                max_file_size=MAX_UPLOAD_SIZE)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
