@@ -231,7 +231,26 @@ def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments
     return train, evaluation, f"{augmentation}, {views}"
 
 
-def card_facts(model_args, data_args, training_args, trainer, vae_description, augmentation, has_grid) -> dict:
+def final_evaluation(trainer: LMDTrainer) -> dict[str, float]:
+    """The evaluation after training, or the Trainer's own when it has just evaluated the final step."""
+    last = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+    if last is not None and last.get("step") == trainer.state.global_step:
+        return {key: value for key, value in last.items() if key.startswith("eval_")}
+    return trainer.evaluate()
+
+
+def save_curves(log_history: list[dict], path: str) -> bool:
+    """`training_curves.png` (loss, mask ratio, learning rate, held-out PSNR) when matplotlib is installed."""
+    try:
+        from modeling_lmd.plots import save_training_curves
+    except ImportError:
+        logger.warning("matplotlib is not installed (pip install 'modeling-lmd[demo]'): no training_curves.png.")
+        return False
+    return save_training_curves(log_history, path)
+
+
+def card_facts(model_args, data_args, training_args, trainer, vae_description, augmentation, has_grid,
+               has_curves) -> dict:
     tag = data_args.dataset_tag
     if tag is None and data_args.dataset_name and not os.path.exists(data_args.dataset_name):
         tag = data_args.dataset_name
@@ -246,6 +265,10 @@ def card_facts(model_args, data_args, training_args, trainer, vae_description, a
         "global_step": trainer.state.global_step,
         "total_batch_size": total_train_batch_size(training_args),
         "has_reconstructions": has_grid,
+        "has_curves": has_curves,
+        # The card's base_model: the VAE when it is a Hub id (a local folder has no Hub page to link).
+        "base_model": model_args.vae_name_or_path if model_args.vae_name_or_path and not os.path.exists(
+            model_args.vae_name_or_path) else None,
     }
 
 
@@ -283,24 +306,29 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
         trainer.save_state()
         metrics.update(result.metrics)
     if training_args.do_eval and eval_dataset is not None:
-        eval_metrics = trainer.evaluate()
+        eval_metrics = final_evaluation(trainer)
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
 
     has_grid = eval_dataset is not None and data_args.num_reconstructions > 0
+    has_curves = False
     if trainer.is_world_process_zero():
-        os.makedirs(training_args.output_dir, exist_ok=True)
+        output_dir = training_args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
         if has_grid:
             batch = collate_fn([eval_dataset[i] for i in range(min(data_args.num_reconstructions, len(eval_dataset)))])
-            save_reconstruction_grid(os.path.join(training_args.output_dir, "reconstructions.png"), trainer.lmd_model,
+            save_reconstruction_grid(os.path.join(output_dir, "reconstructions.png"), trainer.lmd_model,
                                      batch["pixel_values"], batch["mask_seed"])
+        has_curves = save_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"))
         metrics.update(global_step=trainer.state.global_step, mask_schedule=model.config.mask_schedule,
-                       eval_samples=len(eval_dataset) if has_grid else 0, cache_latents=data_args.cache_latents)
-        with open(os.path.join(training_args.output_dir, "metrics.json"), "w", encoding="utf-8") as handle:
+                       eval_samples=len(eval_dataset) if eval_dataset is not None else 0,
+                       cache_latents=data_args.cache_latents)
+        with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as handle:
             json.dump(metrics, handle, indent=2, sort_keys=True)
 
-    facts = card_facts(model_args, data_args, training_args, trainer, vae_description, augmentation, has_grid)
+    facts = card_facts(model_args, data_args, training_args, trainer, vae_description, augmentation, has_grid,
+                       has_curves)
     trainer.model_card_text = render_model_card(trainer.lmd_model, training_args, metrics, facts,
                                                 data_args.model_card_template)
     if training_args.push_to_hub:  # saves the model and processor, writes README.md, uploads the output folder

@@ -8,7 +8,8 @@ from typing import Any
 
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
-CARD_TAGS = ["lmd", "masked-image-modeling", "image-to-image"]
+#: `arxiv:2312.07971` lists the checkpoint on the paper's Hub page.
+CARD_TAGS = ["lmd", "masked-image-modeling", "image-to-image", "arxiv:2312.07971"]
 
 #: How the card names the evaluation metrics (`eval_<name>` in `metrics`), in this order.
 METRIC_LABELS = {
@@ -32,7 +33,7 @@ def render_model_card(
         metrics: what `train_lmd.py` writes to `metrics.json` (`eval_*` entries are tabulated).
         facts: what only the script knows: `repo_id`, `vae_description`, `dataset_description`, `dataset_tag`
             (a Hub dataset id or `None`), `augmentation`, `train_samples`, `global_step`, `total_batch_size`,
-            `has_reconstructions`.
+            `has_reconstructions`, `has_curves` and `base_model` (the VAE's Hub id, or `None`).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -41,6 +42,7 @@ def render_model_card(
         pipeline_tag="image-to-image",
         tags=list(CARD_TAGS),
         datasets=[facts["dataset_tag"]] if facts.get("dataset_tag") else None,
+        base_model=facts.get("base_model"),
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)

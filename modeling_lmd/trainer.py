@@ -106,7 +106,7 @@ class LMDTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_card_text = model_card_text
         if self.compute_metrics is None:
-            self.compute_metrics = summarize_reconstruction_metrics
+            self.compute_metrics = self.summarize_evaluation
         self._last_train_mask_ratio: float | None = None
         self._checked_batches = 0
         self._noise_step = -1
@@ -206,12 +206,11 @@ class LMDTrainer(Trainer):
                                 - lmd_model.lmd.num_visible_patches(lmd_model.config.mask_ratio), device=batch.device)
         return None, per_image, num_hidden
 
-    def evaluate(self, *args, **kwargs) -> dict[str, float]:
-        """`Trainer.evaluate`, with the evaluation mask ratio among the metrics."""
+    def summarize_evaluation(self, eval_prediction) -> dict[str, float]:
+        """The default `compute_metrics`: the image means of every metric, and the mask ratio they were taken at."""
         self._eval_batches_seen = 0
-        metrics = super().evaluate(*args, **kwargs)
-        metrics[f"{kwargs.get('metric_key_prefix', 'eval')}_mask_ratio"] = float(self.lmd_model.config.mask_ratio)
-        return metrics
+        return {**summarize_reconstruction_metrics(eval_prediction),
+                "mask_ratio": float(self.lmd_model.config.mask_ratio)}
 
     # --- model card ------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ it through `HF_ENDPOINT`. The client reads `HF_ENDPOINT` when it is imported, so
 in a fresh subprocess with that environment (the load also proves the checkpoint works from remote code alone).
 """
 
+import io
 import os
 
 import numpy as np
@@ -67,6 +68,7 @@ def test_push_then_load_with_remote_code(tmp_path):
              "--model_preset", "lmd-tiny", "--mask_schedule", "uniform",
              "--output_dir", str(output_dir), "--max_steps", "3", "--per_device_train_batch_size", "2",
              "--save_strategy", "no", "--disable_tqdm", "true", "--dataloader_pin_memory", "false",
+             "--logging_steps", "1", "--eval_strategy", "steps", "--eval_steps", "3",
              "--log_level", "warning", "--dataset_tag", "toy-images",
              "--push_to_hub", "--hub_model_id", REPO_ID],
             env=hub_env(hub.endpoint, str(tmp_path / "hf-home-push")), cwd=str(tmp_path), timeout=240,
@@ -76,13 +78,16 @@ def test_push_then_load_with_remote_code(tmp_path):
         files = hub.files(REPO_ID)
         for name in ("config.json", "model.safetensors", "modeling_lmd.py", "configuration_lmd.py",
                      "mask_schedulers.py", "preprocessor_config.json", "README.md", "reconstructions.png",
-                     "metrics.json"):
+                     "training_curves.png", "metrics.json"):
             assert name in files, (name, sorted(files))
         assert not any(name.startswith("checkpoint-") for name in files)
         card = files["README.md"].decode()
         metadata = yaml.safe_load(card.split("---")[1])
         assert metadata["library_name"] == "transformers"
-        assert set(metadata["tags"]) >= {"lmd", "masked-image-modeling", "image-to-image"}
+        assert set(metadata["tags"]) >= {"lmd", "masked-image-modeling", "image-to-image", "arxiv:2312.07971"}
+        assert "base_model" not in metadata  # the VAE came from a local folder, not a Hub id
+        for image in ("reconstructions.png", "training_curves.png"):
+            assert f"]({image})" in card and Image.open(io.BytesIO(files[image])).size[0] > 100
         assert metadata["datasets"] == ["toy-images"] and metadata["pipeline_tag"] == "image-to-image"
         assert REPO_ID in card and "uniform" in card
 

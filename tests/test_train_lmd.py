@@ -138,6 +138,8 @@ def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_fold
 
     grid = Image.open(output_dir / "reconstructions.png")
     assert grid.size == (4 * 96, 3 * 96)  # four panels per validation image, each enlarged to 96 px
+    curves = Image.open(output_dir / "training_curves.png")
+    assert curves.width > 3 * curves.height  # four panels side by side: loss, mask ratio, lr, held-out PSNR
 
     card = (output_dir / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
@@ -146,6 +148,8 @@ def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_fold
     assert metadata["pipeline_tag"] == "image-to-image" and metadata["datasets"] == ["toy-images"]
     assert "piecewise" in card and 'pipeline("lmd-reconstruction"' in card and "{{" not in card
     assert "mean colour" in card and "VAE's own reconstruction" in card
+    assert "](reconstructions.png)" in card and "](training_curves.png)" in card
+    assert "arxiv:2312.07971" in metadata["tags"]
 
 
 def test_cache_latents_second_run_does_not_run_the_vae_encoder(
