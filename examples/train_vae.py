@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train the small demo VAE (diffusers ``AutoencoderKL``) on the offline demo dataset, on CPU.
+"""Train the small demo VAE (diffusers ``AutoencoderKL``; ``--vae_class VQModel`` or ``AutoencoderTiny`` for the
+projector benchmark) on the offline demo dataset, on CPU.
 
 The result is saved in diffusers format (``save_pretrained``) and is what ships in
 ``modeling_lmd/pretrained/demo-vae``. Its config carries ``scaling_factor`` = 1 / std and ``shift_factor`` =
@@ -27,7 +28,7 @@ import time
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, AutoencoderTiny, VQModel
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -44,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
     p.add_argument("--output_dir", default=DEMO_VAE)
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--vae_class", default="AutoencoderKL", choices=("AutoencoderKL", "VQModel", "AutoencoderTiny"))
+    p.add_argument("--num_vq_embeddings", type=int, default=1024, help="VQModel codebook size")
     p.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 128],
                    help="one entry per resolution level; downsampling factor = 2 ** (len - 1)")
     p.add_argument("--layers_per_block", type=int, default=1)
@@ -101,14 +104,65 @@ def augment(x: torch.Tensor, gen: torch.Generator, crop: int) -> torch.Tensor:
     return x
 
 
+def build_vae(args):
+    """A fresh VAE of `args.vae_class` with the given block widths (f = 2 ** (levels - 1))."""
+    levels = len(args.block_out_channels)
+    if args.vae_class == "AutoencoderTiny":  # its blocks keep one width: the middle one serves every level
+        widths = (args.block_out_channels[levels // 2],) * levels
+        return AutoencoderTiny(encoder_block_out_channels=widths, decoder_block_out_channels=widths,
+                               num_encoder_blocks=(args.layers_per_block,) * levels,
+                               num_decoder_blocks=(args.layers_per_block,) * levels,
+                               latent_channels=args.latent_channels, scaling_factor=1.0)
+    common = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * levels,
+                  up_block_types=("UpDecoderBlock2D",) * levels, block_out_channels=tuple(args.block_out_channels),
+                  layers_per_block=args.layers_per_block, latent_channels=args.latent_channels,
+                  norm_num_groups=args.norm_num_groups, sample_size=args.resolution, scaling_factor=1.0)
+    if args.vae_class == "VQModel":
+        return VQModel(num_vq_embeddings=args.num_vq_embeddings, **common)
+    return AutoencoderKL(mid_block_add_attention=not args.no_mid_attention, shift_factor=0.0, force_upcast=False,
+                         **common)
+
+
+def latents_of(vae, x: torch.Tensor) -> torch.Tensor:
+    """The latents LMD uses: KL posterior mode, VQ quantized latents, Tiny latents (before scaling)."""
+    if isinstance(vae, AutoencoderKL):
+        return vae.encode(x).latent_dist.mode()
+    if isinstance(vae, VQModel):
+        return vae.quantize(vae.encode(x).latents)[0]
+    return vae.encode(x).latents
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    if isinstance(vae, VQModel):
+        return vae.decode(latents, force_not_quantize=True).sample
+    return vae.decode(latents).sample
+
+
+def training_loss(vae, x: torch.Tensor, gen: torch.Generator, args):
+    """Reconstruction loss (L1 and MSE weights) plus the class's own term: KL (KL), commitment (VQ), none (Tiny).
+    Returns the loss, the MSE and that term."""
+    if isinstance(vae, AutoencoderKL):
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen).to(x.device)
+        rec, extra = vae.decode(z).sample, posterior.kl().mean() / x[0].numel()  # KL per pixel-channel
+        extra_weight = args.kl_weight
+    elif isinstance(vae, VQModel):
+        out = vae(x)
+        rec, extra, extra_weight = out.sample, out.commit_loss.mean(), 1.0
+    else:
+        rec, extra, extra_weight = vae.decode(vae.encode(x).latents).sample, torch.zeros(()), 0.0
+    mse = ((rec - x) ** 2).mean()
+    return args.l1_weight * (rec - x).abs().mean() + args.mse_weight * mse + extra_weight * extra, mse, extra
+
+
 @torch.no_grad()
 def evaluate_psnr(vae, images_uint8: torch.Tensor, batch_size: int = 64) -> float:
-    """Mean PSNR (dB, pixels in [0, 1]) of posterior-mode reconstructions."""
+    """Mean PSNR (dB, pixels in [0, 1]) of reconstructions from LMD's latents."""
     vae.eval()
     psnrs = []
     for i in range(0, len(images_uint8), batch_size):
         x = to_model_range(images_uint8[i : i + batch_size])
-        psnrs.append(psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample, x))
+        psnrs.append(psnr(decode(vae, latents_of(vae, x)), x))
     vae.train()
     return float(torch.cat(psnrs).mean())
 
@@ -119,7 +173,7 @@ def latent_stats(vae, images_uint8: torch.Tensor, batch_size: int = 64):
     vae.eval()
     total, total_sq, count = 0.0, 0.0, 0
     for i in range(0, len(images_uint8), batch_size):
-        z = vae.encode(to_model_range(images_uint8[i : i + batch_size])).latent_dist.mode().double()
+        z = latents_of(vae, to_model_range(images_uint8[i : i + batch_size])).double()
         total += float(z.sum())
         total_sq += float((z * z).sum())
         count += z.numel()
@@ -141,25 +195,11 @@ def main(argv=None):
     val = load_split(args.data_dir, "validation")
     logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
 
-    n_levels = len(args.block_out_channels)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * n_levels,
-        up_block_types=("UpDecoderBlock2D",) * n_levels,
-        block_out_channels=tuple(args.block_out_channels),
-        layers_per_block=args.layers_per_block,
-        latent_channels=args.latent_channels,
-        norm_num_groups=args.norm_num_groups,
-        sample_size=args.resolution,
-        mid_block_add_attention=not args.no_mid_attention,
-        scaling_factor=1.0,
-        shift_factor=0.0,
-        force_upcast=False,
-    )
+    vae = build_vae(args)
     vae = vae.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in vae.parameters())
-    logger.info("AutoencoderKL: %.2f M parameters, downsampling factor %d", n_params / 1e6, 2 ** (n_levels - 1))
+    logger.info("%s: %.2f M parameters, downsampling factor %d", args.vae_class, n_params / 1e6,
+                2 ** (len(args.block_out_channels) - 1))
 
     opt = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=(0.9, 0.99), weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
@@ -199,14 +239,7 @@ def main(argv=None):
         crop = args.resolution if progress >= 1.0 - args.full_res_fraction else args.crop_size
         x = to_model_range(augment(train[idx], gen, crop)).contiguous(memory_format=torch.channels_last)
 
-        posterior = vae.encode(x).latent_dist
-        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen)
-        rec = vae.decode(z).sample
-        loss = 0.0
-        l1 = (rec - x).abs().mean()
-        mse = ((rec - x) ** 2).mean()  # noqa
-        kl = posterior.kl().mean() / x[0].numel()  # per pixel-channel
-        loss = args.l1_weight * l1 + args.mse_weight * mse + args.kl_weight * kl
+        loss, mse, kl = training_loss(vae, x, gen, args)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -218,7 +251,7 @@ def main(argv=None):
         ema_loss = batch_psnr if ema_loss is None else 0.98 * ema_loss + 0.02 * batch_psnr
         pbar.update(1)
         if step % 20 == 0:
-            pbar.set_postfix(psnr=f"{ema_loss:.2f}", kl=f"{float(kl.detach()):.1f}", lr=f"{lr:.2e}")
+            pbar.set_postfix(psnr=f"{ema_loss:.2f}", extra=f"{float(kl.detach()):.3g}", lr=f"{lr:.2e}")
         if args.eval_every and step % args.eval_every == 0:
             val_psnr = evaluate_psnr(vae, val)
             history.append({"step": step, "minutes": (time.time() - start) / 60, "val_psnr": val_psnr})
@@ -228,7 +261,10 @@ def main(argv=None):
 
     vae.eval()
     mean, std = latent_stats(vae, train)
-    vae.register_to_config(scaling_factor=float(1.0 / std), shift_factor=float(mean))
+    if isinstance(vae, AutoencoderKL):  # the other classes have no shift_factor; their latents are near zero-mean
+        vae.register_to_config(scaling_factor=float(1.0 / std), shift_factor=float(mean))
+    else:
+        vae.register_to_config(scaling_factor=float(1.0 / std))
     val_psnr = evaluate_psnr(vae, val)
     logger.info("done: %d steps in %.1f min; val PSNR %.2f dB; latent mean %.4f std %.4f", step, train_minutes, val_psnr, mean, std)
 

@@ -1,0 +1,24 @@
+"""`python benchmarks/run_all.py --quick` runs every benchmark in its smoke setting and writes one JSON each."""
+
+import json
+import os
+
+from subprocess_helpers import run_python
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):
+    run_python([os.path.join(REPO_ROOT, "benchmarks", "run_all.py"), "--quick", "--output_dir", str(tmp_path),
+                "--data_dir", os.path.join(str(tmp_path), "demo")], cwd=REPO_ROOT, timeout=600)
+    expected = {
+        "throughput": "rows", "time_to_quality": "figures", "schedules": "runs",
+        "patch_size": "runs", "projector": "runs", "downstream": "accuracy",
+    }
+    for name, key in expected.items():
+        result = json.loads((tmp_path / f"{name}.json").read_text())
+        assert result["benchmark"] == name and result["quick"] and result[key], name
+        assert (tmp_path / f"{name}.md").read_text().startswith("|"), name
+    throughput = json.loads((tmp_path / "throughput.json").read_text())
+    assert {row["mask_ratio"] for row in throughput["rows"]} >= {0.15, 0.75, "cosine schedule"}
+    assert (tmp_path / "time_to_quality.png").is_file() and (tmp_path / "schedules.png").is_file()
