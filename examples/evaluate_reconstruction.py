@@ -14,7 +14,8 @@ evaluated in every combination.
         --output_dir runs/eval
 
 Writes `results.json` (mean and standard deviation over seeds of every metric) and `results.md` (one table per
-folder and sampler setting).
+folder and sampler setting); with `--grid_images N`, `grid-<folder>-<ratio>.png`: original | masked |
+reconstruction | reconstruction with the visible pixels pasted back, for N images spread over the folder.
 """
 
 import argparse
@@ -28,7 +29,7 @@ import torch
 
 from modeling_lmd import LMDForPreTraining, LMDImageProcessor
 from modeling_lmd.data import derive_seed
-from modeling_lmd.metrics import METRIC_NAMES, reconstruction_metrics
+from modeling_lmd.metrics import METRIC_NAMES, reconstruction_metrics, save_reconstruction_grid
 
 #: The columns of results.md: (metric, header).
 TABLE = (
@@ -52,7 +53,10 @@ def parse_args(argv=None):
     parser.add_argument("--reveal_order", nargs="+", default=["random"], choices=("random", "nearest"))
     parser.add_argument("--mask_dilation", type=int, nargs="+", default=[0])
     parser.add_argument("--blend_radius", type=int, nargs="+", default=[None])
+    parser.add_argument("--colour_correction", type=int, nargs="+", default=[1], choices=(0, 1))
     parser.add_argument("--max_images", type=int, default=None, help="first N images of each folder")
+    parser.add_argument("--grid_images", type=int, default=0,
+                        help="also draw MAE's four panels for N images of each folder at each ratio (grid-*.png)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--output_dir", default="runs/evaluate_reconstruction")
     return parser.parse_args(argv)
@@ -78,13 +82,15 @@ def evaluate(model, pixels: torch.Tensor, ratio: float, seed: int, batch_size: i
 
 def markdown(results: list[dict]) -> str:
     lines = []
-    key = lambda r: (r["data_dir"], r["num_inference_steps"], r["reveal_order"], r["mask_dilation"], r["blend_radius"])  # noqa: E731
+    key = lambda r: (r["data_dir"], r["num_inference_steps"], r["reveal_order"], r["mask_dilation"],  # noqa: E731
+                     r["blend_radius"], r["colour_correction"])
     for group, rows in itertools.groupby(results, key=key):
-        folder, steps, order, dilation, radius = group
+        folder, steps, order, dilation, radius, correction = group
         rows = list(rows)
         lines += [f"\n**{folder}** ({rows[0]['num_images']} images, seeds {rows[0]['seeds']}; "
                   f"num_inference_steps={steps}, reveal_order={order}, mask_dilation={dilation}, "
-                  f"blend_radius={radius}); PSNR in dB, hidden region unless marked visible, mean ± std over seeds\n",
+                  f"blend_radius={radius}, colour_correction={correction}); PSNR in dB, hidden region unless "
+                  "marked visible, mean ± std over seeds\n",
                   "| mask ratio | " + " | ".join(header for _, header in TABLE) + " |",
                   "| ---: |" + " ---: |" * len(TABLE)]
         for row in rows:
@@ -99,18 +105,29 @@ def main(argv=None) -> list[dict]:
     processor = LMDImageProcessor.from_model_config(model.config)
     results = []
     started = time.time()
+    os.makedirs(args.output_dir, exist_ok=True)
     for folder in args.data_dir:
         pixels = load_folder(folder, processor, args.max_images)
-        for steps, order, dilation, radius, ratio in itertools.product(
-            args.num_inference_steps, args.reveal_order, args.mask_dilation, args.blend_radius, args.mask_ratios
+        for steps, order, dilation, radius, correction, ratio in itertools.product(
+            args.num_inference_steps, args.reveal_order, args.mask_dilation, args.blend_radius,
+            args.colour_correction, args.mask_ratios
         ):
+            if steps == 1 and order != args.reveal_order[0]:
+                continue  # one step reveals everything at once: the order does not matter
             options = {"num_inference_steps": steps, "reveal_order": order, "mask_dilation": dilation,
-                       "blend_radius": radius}
+                       "blend_radius": radius, "colour_correction": bool(correction)}
             per_seed = [evaluate(model, pixels, ratio, seed, args.batch_size, **options) for seed in args.seeds]
             stacked = {name: np.array([r[name] for r in per_seed]) for name in METRIC_NAMES}
             results.append({"data_dir": folder, "num_images": len(pixels), "mask_ratio": ratio, "seeds": args.seeds,
                             **options, "mean": {k: float(v.mean()) for k, v in stacked.items()},
                             "std": {k: float(v.std()) for k, v in stacked.items()}})
+            if args.grid_images and steps == args.num_inference_steps[0] and order == args.reveal_order[0]:
+                picks = torch.linspace(0, len(pixels) - 1, args.grid_images).long()
+                name = f"grid-{os.path.basename(folder.rstrip('/'))}-{ratio:g}.png"
+                save_reconstruction_grid(os.path.join(args.output_dir, name), model, pixels[picks],
+                                         [derive_seed("eval", args.seeds[0], int(i)) for i in picks],
+                                         mask_ratio=ratio, mask_dilation=dilation, blend_radius=radius,
+                                         colour_correction=bool(correction))
             print(f"{folder} ratio {ratio:.2f} {options}: LMD {results[-1]['mean']['masked_psnr']:.2f} dB, "
                   f"mean-colour fill {results[-1]['mean']['pixel_mean_fill_psnr']:.2f} dB, "
                   f"VAE {results[-1]['mean']['vae_psnr']:.2f} dB")

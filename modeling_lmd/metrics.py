@@ -97,7 +97,7 @@ def reconstruction_metrics(
         latents: the whole image's latents, when cached (else encoded from `pixel_values`).
         mask_ratio: defaults to `model.config.mask_ratio`.
         reconstruct_kwargs: passed to both `reconstruct` calls (e.g. `num_inference_steps`, `reveal_order`);
-            `mask_dilation` and `blend_radius` to the leak-free one only (they need pixels).
+            `mask_dilation`, `blend_radius` and `colour_correction` to the leak-free one only (they need pixels).
     """
     ratio = model.config.mask_ratio if mask_ratio is None else mask_ratio
     if latents is None:
@@ -113,7 +113,8 @@ def reconstruction_metrics(
     pixel_values = pixel_values.to(model.device)
     leak_free = model.reconstruct(pixel_values, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
                                   **reconstruct_kwargs)
-    latent_kwargs = {k: v for k, v in reconstruct_kwargs.items() if k not in ("mask_dilation", "blend_radius")}
+    pixel_only = ("mask_dilation", "blend_radius", "colour_correction")
+    latent_kwargs = {k: v for k, v in reconstruct_kwargs.items() if k not in pixel_only}
     latent_masking = model.reconstruct(latents=latents, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
                                        **latent_kwargs)
     hidden, visible = leak_free.pixel_mask, 1 - leak_free.pixel_mask

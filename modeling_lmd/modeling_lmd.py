@@ -1009,6 +1009,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
         mask_dilation: int = 0,
         mask_pixels_before_encoding: bool = True,
         blend_radius: int | None = None,
+        colour_correction: bool = True,
         interpolate_pos_encoding: bool = False,
     ) -> LMDReconstructionOutput:
         """Hide latent patches, let the model fill them, decode; the one reconstruction path (pipeline, evaluation,
@@ -1032,6 +1033,10 @@ class LMDForPreTraining(LMDPreTrainedModel):
                 are given.
             blend_radius: width in pixels of the band, on the visible side, over which the model's output fades
                 into the input (default: the VAE's downsampling factor).
+            colour_correction: shift the decode, per image and channel, by the mean difference between the input
+                and the decode over the *visible* pixels before blending (the VAE decoder's mid-block attention
+                can tint the whole image when predicted latents are off; the visible pixels show by how much).
+                `decoded` stays the raw decode.
             interpolate_pos_encoding: run at a resolution other than `config.image_size`.
         """
         lmd = self.lmd
@@ -1086,8 +1091,13 @@ class LMDForPreTraining(LMDPreTrainedModel):
                                            pixel_mask=pixel_mask, latents=composite)
         radius = self.config.vae_downsampling_factor if blend_radius is None else int(blend_radius)
         weights = feather_mask(pixel_mask, radius).to(decoded.dtype)
+        fill = decoded
+        if colour_correction:
+            visible = (1.0 - pixel_mask).to(decoded.dtype)
+            offset = ((pixel_values.to(decoded.dtype) - decoded) * visible).sum(dim=(2, 3), keepdim=True)
+            fill = (decoded + offset / visible.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)).clamp(-1, 1)
         return LMDReconstructionOutput(
-            reconstruction=weights * decoded + (1.0 - weights) * pixel_values.to(decoded.dtype),
+            reconstruction=weights * fill + (1.0 - weights) * pixel_values.to(decoded.dtype),
             decoded=decoded,
             masked_images=pixel_values.to(decoded.dtype) * (1 - pixel_mask),  # hidden regions -> mid grey (0)
             mask=hidden.to(decoded.dtype),

@@ -38,7 +38,7 @@ def test_visible_pixels_are_the_inputs_outside_the_feathering_band(tiny_model):
     images = random_images(2)
     radius = 3
     out = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0),
-                                 blend_radius=radius)
+                                 blend_radius=radius, colour_correction=False)
     hidden = out.pixel_mask.bool().expand_as(images)
     # The band: visible pixels within `radius` (Chebyshev) of a hidden one.
     near = torch.nn.functional.max_pool2d(out.pixel_mask, 2 * radius + 1, 1, radius).bool().expand_as(images)
@@ -157,3 +157,17 @@ def test_visible_loss_weight_adds_the_visible_patches_mean(tiny_config):
     both = model(latents=latents, noise=noise, mask_ratio=0.5).loss
     mask = hidden_only.mask.bool()
     torch.testing.assert_close(both, per_patch[mask].mean() + 0.5 * per_patch[~mask].mean())
+
+
+def test_colour_correction_removes_a_tint_measured_on_the_visible_pixels_only(tiny_model, monkeypatch):
+    images = random_images(2) * 0.5
+    tint = torch.tensor([0.2, -0.1, 0.05]).reshape(1, 3, 1, 1)
+    monkeypatch.setattr(tiny_model.lmd, "decode_latents", lambda latents: images + tint)  # a decoder that tints
+    kwargs = dict(mask_ratio=0.5, generator=torch.Generator().manual_seed(0), blend_radius=0)
+    corrected = tiny_model.reconstruct(images, **kwargs)
+    hidden = corrected.pixel_mask.bool().expand_as(images)
+    torch.testing.assert_close(corrected.reconstruction[hidden], images[hidden])  # the tint is gone
+    torch.testing.assert_close(corrected.decoded, images + tint)  # the raw decode stays raw
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    raw = tiny_model.reconstruct(images, colour_correction=False, **kwargs)
+    torch.testing.assert_close(raw.reconstruction[hidden], (images + tint)[hidden])
