@@ -17,11 +17,12 @@ from transformers import AutoImageProcessor, AutoModel
 
 from modeling_lmd import LMDImageProcessor  # importing the package registers the Auto classes
 from modeling_lmd.demo_data import digits_dataset
+from modeling_lmd.pretrained import DEMO_LMD
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="LMD checkpoint folder or Hub id")
+    parser.add_argument("--model", default=DEMO_LMD, help="LMD checkpoint folder or Hub id (default: the shipped one)")
     parser.add_argument("--images", nargs="*", default=[], help="image files to embed")
     parser.add_argument("--output", default="features.npy")
     parser.add_argument("--pooling", choices=("mean", "cls"), default="mean")

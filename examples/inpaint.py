@@ -15,11 +15,12 @@ from transformers import pipeline
 
 from modeling_lmd import LMDReconstructionPipeline
 from modeling_lmd.image_processing_lmd import to_rgb_image
+from modeling_lmd.pretrained import DEMO_LMD
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="LMD checkpoint folder or Hub id")
+    parser.add_argument("--model", default=DEMO_LMD, help="LMD checkpoint folder or Hub id (default: the shipped one)")
     parser.add_argument("--image", required=True)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--mask", help="mask image, same size as the image; non-zero pixels are filled in")

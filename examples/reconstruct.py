@@ -15,11 +15,12 @@ from diffusers.utils import make_image_grid
 from transformers import pipeline
 
 from modeling_lmd import LMDReconstructionPipeline
+from modeling_lmd.pretrained import DEMO_LMD
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="LMD checkpoint folder or Hub id")
+    parser.add_argument("--model", default=DEMO_LMD, help="LMD checkpoint folder or Hub id (default: the shipped one)")
     parser.add_argument("--images", nargs="+", required=True, help="image files")
     parser.add_argument("--output", default="reconstruction_grid.png", help="PNG grid to write")
     parser.add_argument("--mask_ratio", type=float, default=None, help="default: the model's config.mask_ratio")
