@@ -7,10 +7,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from diffusers import AutoencoderKL  # noqa: E402
 
 from modeling_lmd import LMDConfig, LMDForPreTraining  # noqa: E402
+from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG  # noqa: E402
+
+
+#: The repository: train_lmd.py, examples/ and benchmarks/ live there.
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # Tiny test models are dominated by per-op overhead: one thread is faster, and leaves the other core free.
@@ -42,3 +51,21 @@ def random_images(batch: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor
     """Pixels in [-1, 1], shape (batch, 3, size, size)."""
     generator = torch.Generator().manual_seed(seed)
     return torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def train_lmd():
+    """The `train_lmd.py` script as a module (its `main(argv)` runs a whole job in-process)."""
+    sys.path.insert(0, REPO_ROOT)
+    try:
+        yield importlib.import_module("train_lmd")
+    finally:
+        sys.path.remove(REPO_ROOT)
+
+
+@pytest.fixture
+def vae_folder(tmp_path) -> str:
+    """A saved tiny diffusers AutoencoderKL (random weights, seeded): `--vae_name_or_path` for the scripts."""
+    torch.manual_seed(0)
+    AutoencoderKL.from_config(TINY_KL_F4_VAE_CONFIG).save_pretrained(tmp_path / "vae")
+    return str(tmp_path / "vae")

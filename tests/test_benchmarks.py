@@ -3,9 +3,9 @@
 import json
 import os
 
+from conftest import REPO_ROOT
 from subprocess_helpers import run_python
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):

@@ -15,12 +15,12 @@ from diffusers import AutoencoderKL
 from PIL import Image
 
 from hub_server import HubServer
+from conftest import REPO_ROOT
 from subprocess_helpers import FLOAT_ATOL, child_env, run_python
 from modeling_lmd import LMDForPreTraining
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_ID = "tester/lmd-tiny-roundtrip"
 
 LOAD_SCRIPT = """

@@ -1,7 +1,6 @@
 """Nothing lost at scale: bad images, a shared and content-keyed latent cache, sharded caching, resume past a broken
 checkpoint, inputs checked at the door, and clear errors (tiny models, subprocess runs of a few steps)."""
 
-import importlib
 import json
 import os
 import signal
@@ -12,27 +11,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from PIL import Image
 from safetensors.torch import load_file
+from conftest import REPO_ROOT
 from subprocess_helpers import child_env, run_python
 
 from modeling_lmd import LMDForPreTraining, LMDImageProcessor
-from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
 from modeling_lmd.data import RandomResizedCropFlip, cache_latents, load_image_datasets
 from modeling_lmd.trainer import last_complete_checkpoint
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def train_lmd():
-    sys.path.insert(0, REPO_ROOT)
-    try:
-        yield importlib.import_module("train_lmd")
-    finally:
-        sys.path.remove(REPO_ROOT)
 
 
 def photo(seed: int, size=(40, 44)) -> Image.Image:
@@ -61,13 +49,6 @@ def write_folder(root, split: str, count: int, bad: bool, seed: int = 0) -> list
     open(os.path.join(folder, "empty.png"), "wb").close()
     open(os.path.join(folder, "not_an_image.png"), "wb").write(b"plain text, not pixels\n" * 20)
     return ["truncated.png", "truncated.jpg", "empty.png", "not_an_image.png"]
-
-
-@pytest.fixture
-def vae_folder(tmp_path):
-    torch.manual_seed(0)
-    AutoencoderKL.from_config(TINY_KL_F4_VAE_CONFIG).save_pretrained(tmp_path / "vae")
-    return str(tmp_path / "vae")
 
 
 def run_args(images, vae, output_dir, *extra):

@@ -1,9 +1,7 @@
 """train_lmd.py end to end on tiny images (in-process `main([...])`), latent caching, data helpers."""
 
-import importlib
 import json
 import os
-import sys
 
 import datasets
 import numpy as np
@@ -15,7 +13,6 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from modeling_lmd import LMDForPreTraining, LMDImageProcessor, mask_ratio_at
-from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
 from modeling_lmd.data import (
     ImageDataset,
     ProcessorTransform,
@@ -26,16 +23,6 @@ from modeling_lmd.data import (
 from modeling_lmd.image_processing_lmd import to_rgb_image
 
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def train_lmd():
-    sys.path.insert(0, REPO_ROOT)
-    try:
-        yield importlib.import_module("train_lmd")
-    finally:
-        sys.path.remove(REPO_ROOT)
 
 
 def write_image_folder(root, counts=(("train", 8), ("validation", 3)), seed=0):
@@ -50,20 +37,9 @@ def write_image_folder(root, counts=(("train", 8), ("validation", 3)), seed=0):
     return root
 
 
-def write_tiny_vae(path):
-    torch.manual_seed(0)
-    AutoencoderKL.from_config(TINY_KL_F4_VAE_CONFIG).save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(str(tmp_path / "images"))
-
-
-@pytest.fixture
-def vae_folder(tmp_path):
-    return write_tiny_vae(str(tmp_path / "vae"))
 
 
 def base_args(image_folder, vae_folder, output_dir, *extra):
