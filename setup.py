@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="modeling-lmd",
-    version="0.1.0",
+    version="0.2.0",
     description="LMD (Latent Masking Diffusion): masked-latent image pre-training on a frozen diffusers VAE, Hugging Face native.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
