@@ -57,7 +57,7 @@ class PixelDataset(ImageDataset):
 
 
 def train_pixel_mae(train_dir: str, output_dir: str, max_steps: int, schedule: str = "cosine", seed: int = 0,
-                    batch_size: int = 64, base_learning_rate: float = 1.5e-3, lmd_preset: str = "lmd-small",
+                    batch_size: int = 64, base_learning_rate: float = 6e-3, lmd_preset: str = "lmd-small",
                     max_train_samples: int | None = None, **training_kwargs) -> tuple[ViTMAEForPreTraining, float]:
     """Train a pixel MAE like the main job trains LMD; returns the model and the training seconds."""
     config = pixel_mae_config(LMDConfig.from_preset(lmd_preset))

@@ -77,10 +77,10 @@ def references(pixels: torch.Tensor, vae: str = DEMO_VAE) -> dict:
 
 
 def training_arguments(args, seed: int, steps: int, **overrides) -> LMDTrainingArguments:
-    """The main job's optimizer settings (batch 64, lr 1.5e-3 x 64 / 256), quiet, no checkpoints."""
+    """The main job's optimizer settings (batch 64, lr 6e-3 x 64 / 256), quiet, no checkpoints."""
     return LMDTrainingArguments(
         output_dir=os.path.join(args.output_dir, "trainer"), max_steps=steps,
-        per_device_train_batch_size=4 if args.quick else 64, learning_rate=1.5e-3 * 64 / 256, warmup_steps=0.05,
+        per_device_train_batch_size=4 if args.quick else 64, learning_rate=6e-3 * 64 / 256, warmup_steps=0.05,
         save_strategy="no", report_to="none", seed=seed, disable_tqdm=True, logging_steps=10**9,
         dataloader_pin_memory=False, use_cpu=args.device == "cpu", **overrides)
 
