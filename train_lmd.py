@@ -32,15 +32,18 @@ from transformers import HfArgumentParser, set_seed
 
 from modeling_lmd import MASK_SCHEDULES, PRESETS, LMDConfig, LMDForPreTraining, LMDImageProcessor
 from modeling_lmd.data import (
+    STREAMED_EVAL_SAMPLES,
     ImageDataset,
     LatentDataset,
     ProcessorTransform,
     RandomResizedCropFlip,
+    StreamingImageDataset,
     cache_latents,
     collate_fn,
     default_latent_cache_dir,
     drop_unreadable_images,
     find_image_column,
+    first_rows,
     load_image_datasets,
 )
 from modeling_lmd.metrics import save_reconstruction_grid
@@ -107,6 +110,12 @@ class DataArguments:
     cache_latents: bool = field(
         default=False,
         metadata={"help": "Encode the images once with the frozen VAE, store the latents on disk and train on them."},
+    )
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training images as a `datasets` stream and encode them on the fly, for sets "
+                  "that do not fit on disk twice (needs --max_steps; not with --cache_latents). The validation "
+                  f"split is cut to --max_eval_samples (default {STREAMED_EVAL_SAMPLES}) images."},
     )
     latent_cache_dir: str | None = field(
         default=None, metadata={"help": "Where latent caches live (default: <HF datasets cache>/modeling_lmd_latents)."}
@@ -180,23 +189,31 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> tuple[L
 
 def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments, model: LMDForPreTraining):
     """Training and evaluation datasets (images, or cached latents with their evaluation images), and card facts."""
+    if data_args.streaming and (data_args.cache_latents or training_args.max_steps <= 0):
+        raise ValueError("--streaming encodes the images on the fly as they arrive: it needs --max_steps (a stream has "
+                         "no length to count epochs by) and cannot be combined with --cache_latents.")
     splits = load_image_datasets(
         dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
         train_dir=data_args.train_dir, validation_dir=data_args.validation_dir,
-        train_val_split=data_args.train_val_split, seed=training_args.seed,
+        train_val_split=data_args.train_val_split, seed=training_args.seed, streaming=data_args.streaming,
     )
-    if data_args.max_train_samples is not None:
-        splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(
-            range(min(data_args.max_train_samples, len(splits["train"]))))
-    validation = splits.get("validation")
-    if validation is not None and data_args.max_eval_samples is not None:
+    train_split, validation = splits["train"], splits.get("validation")
+    if data_args.max_train_samples is not None and data_args.streaming:
+        train_split = train_split.take(data_args.max_train_samples)
+    elif data_args.max_train_samples is not None:
+        train_split = train_split.shuffle(seed=training_args.seed).select(
+            range(min(data_args.max_train_samples, len(train_split))))
+    if validation is not None and data_args.streaming:
+        validation = first_rows(validation, data_args.max_eval_samples or STREAMED_EVAL_SAMPLES)
+    elif validation is not None and data_args.max_eval_samples is not None:
         validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
     if validation is not None and len(validation) == 0:
         validation = None
-    column = find_image_column(splits["train"], data_args.image_column_name)
+    column = find_image_column(train_split, data_args.image_column_name)
     # Unreadable images are dropped before any step, so neither training nor the final evaluation can fail on one.
-    train_split, train_content = drop_unreadable_images(splits["train"], column, "train", data_args.validate_images,
-                                                        data_args.strict_images)
+    if not data_args.streaming:
+        train_split, train_content = drop_unreadable_images(train_split, column, "train", data_args.validate_images,
+                                                            data_args.strict_images)
     if validation is not None:
         validation, validation_content = drop_unreadable_images(validation, column, "validation",
                                                                 data_args.validate_images, data_args.strict_images)
@@ -205,6 +222,9 @@ def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments
     eval_transform = ProcessorTransform(LMDImageProcessor.from_model_config(model.config))
     eval_images = ImageDataset(validation, column, eval_transform, training_args.eval_seed) if validation else None
     augmentation = "RandomResizedCrop (scale 0.2-1, bicubic) + horizontal flip"
+    if data_args.streaming:
+        train = StreamingImageDataset(train_split, column, train_transform, seed)
+        return train, eval_images, f"{augmentation}, streamed and encoded on the fly"
     if not data_args.cache_latents:
         train = ImageDataset(train_split, column, train_transform, seed)
         return train, eval_images, f"{augmentation}, encoded on the fly"
@@ -261,7 +281,7 @@ def card_facts(model_args, data_args, training_args, trainer, vae_description, a
         "dataset_description": dataset + (f" (`{tag}`)" if tag and not data_args.dataset_name else ""),
         "dataset_tag": tag,
         "augmentation": augmentation,
-        "train_samples": len(trainer.train_dataset) if trainer.train_dataset is not None else 0,
+        "train_samples": "a stream of" if data_args.streaming else len(trainer.train_dataset or []),
         "global_step": trainer.state.global_step,
         "total_batch_size": total_train_batch_size(training_args),
         "has_reconstructions": has_grid,
@@ -286,8 +306,9 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
 
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint in ("last", "latest", "auto"):  # the newest checkpoint a kill did not cut short
-        checkpoint = last_complete_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No complete checkpoint yet: starting from scratch.")
+        output_dir = training_args.output_dir
+        checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No complete checkpoint yet: starting anew.")
 
     set_seed(training_args.seed)  # a new model's initialisation is reproducible
     model, vae_description = build_model(model_args, data_args)

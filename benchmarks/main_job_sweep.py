@@ -27,13 +27,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = {
     "main job": [],
     "leak-free training": ["--cache_latents", "false", "--config_overrides", "leak_free_training=true"],
-    "lr x2": ["--base_learning_rate", "3e-3"],
-    "lr x4": ["--base_learning_rate", "6e-3"],
+    "lr / 2": ["--base_learning_rate", "3e-3"],
+    "lr x 2": ["--base_learning_rate", "1.2e-2"],
     "decoder depth 4": ["--config_overrides", "decoder_num_hidden_layers=4"],
     "norm_latent_loss": ["--norm_latent_loss", "true"],
     "loss on all patches": ["--config_overrides", "visible_loss_weight=1.0"],
-    "batch 128, half the steps": ["--per_device_train_batch_size", "128", "--max_steps", "200"],
-    "twice the steps": ["--max_steps", "800"],
+    "batch 128, half the steps": ["--per_device_train_batch_size", "128", "--max_steps", "300"],
+    "twice the steps": ["--max_steps", "1200"],
     "constant 0.75 (no schedule)": ["--mask_schedule", "constant"],
 }
 RATIOS = ["0.25", "0.5", "0.75"]

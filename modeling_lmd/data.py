@@ -30,6 +30,11 @@ new cache), the number of views, the seed and the augmentation parameters. Shari
 Bad images. `scan_images` opens every image once before training (headers, or full decoding for small sets or on
 request): unreadable files are dropped with one warning that counts and names them (or refused with
 `strict=True`), so one corrupt JPEG cannot stop a run at step 3 or lose the final evaluation.
+
+Streaming (`train_lmd.py --streaming`). For image sets that do not fit on disk twice, `StreamingImageDataset`
+reads the training split as a `datasets` stream and the images are encoded on the fly: no cache, no up-front
+scan (an unreadable image is skipped with a warning when it arrives). The validation split, small, is
+materialised (`first_rows`) and scanned like any other.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ LATENT_CACHE_VERSION = "2"
 
 #: `scan_images` fully decodes every image of sets up to this size (headers only above it, unless asked).
 FULL_DECODE_LIMIT = 5000
+
+#: With `--streaming`, the validation split is cut to its first rows (unless `--max_eval_samples` says otherwise).
+STREAMED_EVAL_SAMPLES = 1000
 
 DEFAULT_CROP_SCALE = (0.2, 1.0)
 DEFAULT_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -165,12 +173,12 @@ def find_image_column(dataset, requested: str | None = None) -> str:
     """`requested` if given (checked), else the first `datasets.Image` column, else `image` / `img`."""
     import datasets
 
-    columns = list(dataset.column_names)
+    columns = list(dataset.column_names or [])  # a stream may not know its columns or features
     if requested is not None:
         if requested not in columns:
             raise ValueError(f"--image_column_name {requested!r} not found; the dataset has columns {columns}.")
         return requested
-    for name, feature in dataset.features.items():
+    for name, feature in (dataset.features or {}).items():
         if isinstance(feature, datasets.Image):
             return name
     for name in ("image", "img", "pixel_values", "images"):
@@ -211,10 +219,7 @@ def scan_images(dataset, image_column: str, decode: str = "auto") -> ImageScan:
         where = value.get("path") or f"row {index}" if isinstance(value, dict) else f"row {index}"
         try:
             if isinstance(value, dict):
-                data = value.get("bytes")
-                if data is None:
-                    with open(value["path"], "rb") as handle:
-                        data = handle.read()
+                data = _encoded_image_bytes(value)
                 with Image.open(io.BytesIO(data)) as image:
                     if full:
                         image.load()  # every pixel: a truncated file fails here
@@ -229,6 +234,14 @@ def scan_images(dataset, image_column: str, decode: str = "auto") -> ImageScan:
         scan.good.append(index)
         scan.digests.append(digest)
     return scan
+
+
+def _encoded_image_bytes(value: dict) -> bytes:
+    """The file bytes of an undecoded `datasets.Image` value (`{"bytes", "path"}`)."""
+    if value.get("bytes") is not None:
+        return value["bytes"]
+    with open(value["path"], "rb") as handle:
+        return handle.read()
 
 
 def drop_unreadable_images(dataset, image_column: str, split: str, decode: str = "auto", strict: bool = False):
@@ -307,6 +320,61 @@ class ImageDataset(torch.utils.data.Dataset):
         raise ValueError("None of the images can be read.")
 
 
+class StreamingImageDataset(torch.utils.data.IterableDataset):
+    """A streamed split (a `datasets.IterableDataset`) -> the items of `ImageDataset`, as the images arrive.
+
+    Rows pass through a shuffle buffer (`datasets` reshuffles it every epoch, see `set_epoch`). The k-th image of
+    an epoch is augmented with a generator seeded by `(seed, epoch, k)`, so a rerun (or a resume, which the
+    Trainer does by reading past the batches already trained on) sees the same batches. An image that cannot be
+    read is skipped with a warning.
+    """
+
+    def __init__(self, stream, image_column: str, transform: Callable, seed: int = 0, buffer_size: int = 1000):
+        import datasets
+
+        if isinstance((stream.features or {}).get(image_column), datasets.Image):
+            stream = stream.cast_column(image_column, datasets.Image(decode=False))  # decoded here, errors caught
+        self.stream = stream.shuffle(seed=int(seed), buffer_size=buffer_size)
+        self.image_column, self.transform, self.seed = image_column, transform, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self.stream.set_epoch(self.epoch)
+
+    def __iter__(self):
+        for position, row in enumerate(self.stream):
+            value = row[self.image_column]
+            try:
+                if isinstance(value, dict):
+                    value = Image.open(io.BytesIO(_encoded_image_bytes(value)))
+                    value.load()  # PIL opens lazily: a truncated file fails here, not in the transform
+                image = to_rgb_image(value)
+            except Exception as error:  # noqa: BLE001 - PIL raises many unrelated types for bad files
+                where = row[self.image_column].get("path") if isinstance(row[self.image_column], dict) else None
+                logger.warning(f"Skipping an unreadable streamed image ({where or f'row {position}'}): {error}")
+                continue
+            generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, position))
+            yield {"pixel_values": self.transform(image, generator), "mask_seed": mask_seed(self.seed, position)}
+
+
+def first_rows(stream, count: int):
+    """The first `count` rows of a stream as a `datasets.Dataset` (images kept as their encoded bytes)."""
+    import datasets
+
+    features = stream.features
+    if features is not None:
+        features = datasets.Features({name: datasets.Image(decode=False) if isinstance(feature, datasets.Image)
+                                      else feature for name, feature in features.items()})
+        stream = stream.cast(features)
+    rows = list(stream.take(count))
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    for name, feature in (features or {}).items():
+        if isinstance(feature, datasets.Image):
+            dataset = dataset.cast_column(name, datasets.Image())
+    return dataset
+
+
 class LatentDataset(torch.utils.data.Dataset):
     """Cached latents (`latents` column of shape `(K, C, h, w)`) -> `{"latents": (C, h, w)}`.
 
@@ -365,29 +433,30 @@ def load_image_datasets(
     train_val_split: float | None = 0.15,
     cache_dir: str | None = None,
     seed: int = 0,
-    trust_remote_code: bool = False,
+    streaming: bool = False,
 ):
     """A `DatasetDict` with `train` and (when available or split off) `validation`.
 
     `dataset_name`: a Hub dataset or a local folder `datasets` can read (e.g. an image folder with `train/` and
     `validation/`); else `train_dir` / `validation_dir` are read with the `imagefolder` builder. Without a
-    validation split, `train_val_split` of the training images are held out (seeded).
+    validation split, `train_val_split` of the training images are held out (seeded). With `streaming`, the
+    splits are `datasets` streams (`IterableDatasetDict`) and nothing is split off.
     """
     import datasets
 
     if dataset_name is not None:
-        dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir)
+        dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
     elif train_dir is not None:
         folders = {"train": train_dir, "validation": validation_dir}
         for split, folder in folders.items():
             if folder is not None and not any(files for _, _, files in os.walk(folder)):
                 raise ValueError(f"The {split} folder {folder!r} holds no files (expected images, e.g. PNG or JPEG).")
         data_files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder is not None}
-        dataset = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir)
+        dataset = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir, streaming=streaming)
     else:
         raise ValueError("Pass --dataset_name or --train_dir (with optional --validation_dir).")
-    if not isinstance(dataset, datasets.DatasetDict):
-        dataset = datasets.DatasetDict({"train": dataset})
+    if not isinstance(dataset, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+        dataset = (datasets.IterableDatasetDict if streaming else datasets.DatasetDict)({"train": dataset})
     if "train" not in dataset:
         raise ValueError(f"The dataset has no `train` split (splits: {list(dataset)}).")
     if "validation" not in dataset:
@@ -395,7 +464,7 @@ def load_image_datasets(
             if alias in dataset:
                 dataset["validation"] = dataset.pop(alias)
                 break
-    if "validation" not in dataset and train_val_split and train_val_split > 0:
+    if "validation" not in dataset and train_val_split and train_val_split > 0 and not streaming:
         size = len(dataset["train"])
         held_out = math.ceil(train_val_split * size) if train_val_split < 1 else int(train_val_split)
         if not 0 < held_out < size:

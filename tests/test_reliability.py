@@ -87,6 +87,38 @@ def test_strict_images_makes_unreadable_images_an_error(train_lmd, vae_folder, t
         train_lmd.main(run_args(images, vae_folder, tmp_path / "run", "--strict_images"))
 
 
+def test_streaming_reads_images_as_they_arrive_and_skips_unreadable_ones(train_lmd, vae_folder, tmp_path, caplog):
+    images = str(tmp_path / "images")
+    unreadable = write_folder(images, "train", 4, bad=True)
+    write_folder(images, "validation", 3, bad=False, seed=9)
+    with caplog.at_level("WARNING"):  # 7 readable training images, batch 2: step 4 reads into the second epoch
+        metrics = train_lmd.main(run_args(images, vae_folder, tmp_path / "run", "--streaming", "--max_steps", "4",
+                                          "--max_eval_samples", "2"))
+    for name in unreadable:
+        assert f"Skipping an unreadable streamed image ({os.path.join(images, 'train', name)})" in caplog.text
+    assert metrics["global_step"] == 4 and metrics["eval_samples"] == 2 and np.isfinite(metrics["eval_masked_psnr"])
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert "a stream of training images" in (tmp_path / "run" / "README.md").read_text()
+    with pytest.raises(ValueError, match="--streaming .* cannot be combined with --cache_latents"):
+        train_lmd.main(run_args(images, vae_folder, tmp_path / "run2", "--streaming", "--cache_latents"))
+
+
+def test_a_streamed_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(train_lmd, vae_folder, tmp_path):
+    images = str(tmp_path / "images")
+    write_folder(images, "train", 8, bad=False)
+    write_folder(images, "validation", 2, bad=False, seed=30)
+    streamed = ["--streaming", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy",
+                "no", "--num_reconstructions", "0"]
+    train_lmd.main(run_args(images, vae_folder, tmp_path / "full", *streamed))
+    os.makedirs(tmp_path / "resumed")
+    os.rename(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
+    train_lmd.main(run_args(images, vae_folder, tmp_path / "resumed", *streamed, "--resume_from_checkpoint", "last"))
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / "model.safetensors")
+    for name, tensor in full.items():
+        assert torch.equal(tensor, again[name]), name
+
+
 # --- the latent cache -------------------------------------------------------------------------------------------
 
 
