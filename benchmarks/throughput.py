@@ -12,7 +12,7 @@ the schedule visits); LMD also encoding the images on the fly with a VAE of the 
 code does) against cached latents. Achieved GFLOP/s (FLOPs counted by `torch.utils.flop_counter`) stand beside a
 matrix-product peak measured in the same run. On a GPU the same runs in fp32 and bf16 (autocast, SDPA attention).
 
-    python benchmarks/throughput.py --output_dir runs/benchmarks              # full run (CPU: about 15 min)
+    python benchmarks/throughput.py --output_dir runs/benchmarks              # full run (CPU: about 20 min)
     python benchmarks/throughput.py --quick --output_dir runs/benchmarks      # smoke setting
 """
 
