@@ -46,6 +46,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -595,6 +596,7 @@ def cache_latents(
             features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype="float32")})
             was_training = model.training
             model.eval()
+            encode_started = time.perf_counter()
             progress = tqdm(total=len(rows) * num_views, desc=f"Encoding {description} images with the VAE",
                             unit="img", disable=not state.is_local_main_process)
             with torch.no_grad():
@@ -606,7 +608,9 @@ def cache_latents(
                 os.path.join(staging, f"part-{state.process_index:05d}"))
             state.wait_for_everyone()
             if state.is_main_process:
-                info = {"key": key, "num_rows": len(dataset), "num_views": num_views, "latent_shape": list(shape[1:]),
+                # encode_seconds: what building this cache cost, for whoever reuses it and must account for it
+                info = {"key": key, "encode_seconds": time.perf_counter() - encode_started,
+                        "num_rows": len(dataset), "num_views": num_views, "latent_shape": list(shape[1:]),
                         "image_size": config.image_size, "content_fingerprint": fingerprint,
                         "vae_class": type(model.vae).__name__, "seed": seed, "version": LATENT_CACHE_VERSION,
                         "parts": [f"part-{rank:05d}" for rank in range(state.num_processes)]}

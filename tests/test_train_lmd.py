@@ -147,6 +147,7 @@ def test_cache_latents_second_run_does_not_run_the_vae_encoder(
     assert len(entries) == 2  # train (2 views) and validation (1 view); beside them, one lock file each
     info = [json.loads((cache_dir / e / "cache_info.json").read_text()) for e in entries]
     assert sorted(i["num_views"] for i in info) == [1, 2]
+    assert all(i["encode_seconds"] > 0 for i in info)  # what building it cost, for the benchmarks that reuse it
 
     def forbidden(self, *args, **kwargs):
         raise AssertionError("the VAE encoder ran although the latents are cached")
