@@ -8,6 +8,7 @@ Every variant runs the README's first command (`LMD_NO_VENV=1 bash examples/run_
     python -m modeling_lmd.demo_data --unseen --output_dir data/unseen       # optional: the unseen photographs
     python benchmarks/main_job_sweep.py --output_dir runs/sweep --seeds 0 1 2
     python benchmarks/main_job_sweep.py --quick --output_dir runs/sweep       # smoke setting
+    python benchmarks/main_job_sweep.py --variants "main job" --vae runs/vae  # the main job on another VAE
 """
 
 import json
@@ -46,9 +47,10 @@ def run_variant(name: str, extra: list[str], seed: int, args) -> dict:
              "--max_eval_samples", "4", "--latent_cache_views", "1"] if args.quick else []
     # Runs in parallel each keep their own latent cache (two writers of one cache folder would collide).
     cache = ["--latent_cache_dir", os.path.join(folder, "latent-cache")] if args.parallel > 1 else []
+    vae = ["--vae_name_or_path", os.path.abspath(args.vae)] if args.vae else []
     started = time.time()
     with open(os.path.join(folder + ".log"), "w") as log:
-        subprocess.run(["bash", os.path.join(REPO, "examples", "run_demo.sh"), *quick, *cache, *extra,
+        subprocess.run(["bash", os.path.join(REPO, "examples", "run_demo.sh"), *quick, *cache, *vae, *extra,
                         "--seed", str(seed)],
                        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     seconds = time.time() - started
@@ -69,6 +71,7 @@ def main(argv=None) -> dict:
     cli.add_argument("--seeds", type=int, nargs="+", default=[0])
     cli.add_argument("--parallel", type=int, default=1)
     cli.add_argument("--unseen_dir", default=os.path.join(REPO, "data", "unseen"))
+    cli.add_argument("--vae", default=None, help="train every variant on this VAE (default: the shipped demo VAE)")
     args = cli.parse_args(argv)
     args.data_dir = os.path.abspath(args.data_dir)
     setup(args)

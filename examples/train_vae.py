@@ -12,7 +12,8 @@ Example (the command used for the shipped VAE is in ``modeling_lmd/pretrained/de
     python -m modeling_lmd.demo_data --output_dir data/demo --resolution 64
     python examples/train_vae.py --data_dir data/demo --output_dir modeling_lmd/pretrained/demo-vae
 
-Everything runs offline: the data are the demo photographs, the VAE is initialised from scratch.
+Everything runs offline: the data are the demo photographs, the VAE is initialised from scratch (or, with
+``--init_from``, from a saved VAE whose training goes on under a fresh schedule).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from modeling_lmd.pretrained import DEMO_VAE
 
 
 logger = logging.getLogger("train_vae")
+VAE_CLASSES = {vae_class.__name__: vae_class for vae_class in (AutoencoderKL, VQModel, AutoencoderTiny)}
 
 
 def parse_args(argv=None):
@@ -45,7 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
     p.add_argument("--output_dir", default=DEMO_VAE)
     p.add_argument("--resolution", type=int, default=64)
-    p.add_argument("--vae_class", default="AutoencoderKL", choices=("AutoencoderKL", "VQModel", "AutoencoderTiny"))
+    p.add_argument("--vae_class", default="AutoencoderKL", choices=tuple(VAE_CLASSES))
     p.add_argument("--num_vq_embeddings", type=int, default=1024, help="VQModel codebook size")
     p.add_argument("--block_out_channels", type=int, nargs="+", default=[32, 64, 128],
                    help="one entry per resolution level; downsampling factor = 2 ** (len - 1)")
@@ -53,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--norm_num_groups", type=int, default=16)
     p.add_argument("--latent_channels", type=int, default=4)
     p.add_argument("--no_mid_attention", action="store_true", help="drop the attention layer of the mid blocks")
+    p.add_argument("--init_from", default=None,
+                   help="continue training this saved VAE (a folder or Hub id of --vae_class) instead of a fresh one; "
+                        "the architecture arguments above are then ignored")
     p.add_argument("--max_steps", type=int, default=None, help="number of optimisation steps (defines the lr schedule)")
     p.add_argument("--max_minutes", type=float, default=None,
                    help="wall-clock budget; without --max_steps the cosine schedule follows elapsed time")
@@ -195,7 +200,11 @@ def main(argv=None):
     val = load_split(args.data_dir, "validation")
     logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
 
-    vae = build_vae(args)
+    if args.init_from is None:
+        vae = build_vae(args)
+    else:
+        vae = VAE_CLASSES[args.vae_class].from_pretrained(args.init_from)
+        logger.info("continuing from %s (val PSNR %.2f dB)", args.init_from, evaluate_psnr(vae, val))
     vae = vae.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in vae.parameters())
     logger.info("%s: %.2f M parameters, downsampling factor %d", args.vae_class, n_params / 1e6,

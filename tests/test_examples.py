@@ -87,3 +87,29 @@ def test_finetune_classification_self_contained_pretraining(tmp_path):
     )
     assert "scratch_accuracy" not in results
     assert (tmp_path / "run" / "pretrained-lmd" / "config.json").is_file()
+
+
+def test_train_vae_goes_on_from_a_saved_vae(vae_folder, tmp_path, monkeypatch):
+    """`--init_from` starts from the saved weights (0 steps: the very same weights) and trains on from there."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 8), ("validation", 4)):  # a few 16 px tiles stand in for the demo photographs
+        folder = tmp_path / "demo" / split
+        folder.mkdir(parents=True)
+        for i in range(count):
+            PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    train_vae = load_example("train_vae")
+    monkeypatch.setattr(train_vae, "build_demo_dataset", lambda *args, **kwargs: None)
+    common = ["--data_dir", str(tmp_path / "demo"), "--resolution", "16", "--crop_size", "8", "--batch_size", "4",
+              "--init_from", vae_folder]
+    info = train_vae.main([*common, "--max_steps", "0", "--output_dir", str(tmp_path / "same")])
+    start = AutoencoderKL.from_pretrained(vae_folder).state_dict()
+    same = AutoencoderKL.from_pretrained(tmp_path / "same").state_dict()
+    assert info["steps"] == 0 and all(torch.equal(start[name], same[name]) for name in start)
+
+    train_vae.main([*common, "--max_steps", "2", "--output_dir", str(tmp_path / "on")])
+    trained = AutoencoderKL.from_pretrained(tmp_path / "on")
+    assert trained.config.block_out_channels == AutoencoderKL.from_pretrained(vae_folder).config.block_out_channels
+    assert not torch.equal(trained.state_dict()["encoder.conv_in.weight"], start["encoder.conv_in.weight"])
