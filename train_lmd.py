@@ -187,6 +187,21 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> tuple[L
     return model, f"`{vae}`{subfolder}, {model.config.vae_type}"
 
 
+def limit_samples(train_split, validation, data_args: DataArguments, seed: int):
+    """The splits cut to --max_train_samples (a seeded sample; a stream's first rows) and --max_eval_samples (the
+    first rows). A streamed validation split becomes a fixed `Dataset` of its first rows: every evaluation scores
+    the same images. An empty validation split is `None`."""
+    if data_args.max_train_samples is not None and data_args.streaming:
+        train_split = train_split.take(data_args.max_train_samples)
+    elif data_args.max_train_samples is not None:
+        train_split = train_split.shuffle(seed=seed).select(range(min(data_args.max_train_samples, len(train_split))))
+    if validation is not None and data_args.streaming:
+        validation = first_rows(validation, data_args.max_eval_samples or STREAMED_EVAL_SAMPLES)
+    elif validation is not None and data_args.max_eval_samples is not None:
+        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
+    return train_split, validation if validation is not None and len(validation) > 0 else None
+
+
 def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments, model: LMDForPreTraining):
     """Training and evaluation datasets (images, or cached latents with their evaluation images), and card facts."""
     if data_args.streaming and (data_args.cache_latents or training_args.max_steps <= 0):
@@ -197,18 +212,7 @@ def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments
         train_dir=data_args.train_dir, validation_dir=data_args.validation_dir,
         train_val_split=data_args.train_val_split, seed=training_args.seed, streaming=data_args.streaming,
     )
-    train_split, validation = splits["train"], splits.get("validation")
-    if data_args.max_train_samples is not None and data_args.streaming:
-        train_split = train_split.take(data_args.max_train_samples)
-    elif data_args.max_train_samples is not None:
-        train_split = train_split.shuffle(seed=training_args.seed).select(
-            range(min(data_args.max_train_samples, len(train_split))))
-    if validation is not None and data_args.streaming:
-        validation = first_rows(validation, data_args.max_eval_samples or STREAMED_EVAL_SAMPLES)
-    elif validation is not None and data_args.max_eval_samples is not None:
-        validation = validation.select(range(min(data_args.max_eval_samples, len(validation))))
-    if validation is not None and len(validation) == 0:
-        validation = None
+    train_split, validation = limit_samples(splits["train"], splits.get("validation"), data_args, training_args.seed)
     column = find_image_column(train_split, data_args.image_column_name)
     # Unreadable images are dropped before any step, so neither training nor the final evaluation can fail on one.
     if not data_args.streaming:

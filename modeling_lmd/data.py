@@ -221,20 +221,28 @@ def scan_images(dataset, image_column: str, decode: str = "auto") -> ImageScan:
         try:
             if isinstance(value, dict):
                 data = _encoded_image_bytes(value)
-                with Image.open(io.BytesIO(data)) as image:
-                    if full:
-                        image.load()  # every pixel: a truncated file fails here
-                        to_rgb_image(image)
+                if full:
+                    decode_image_value({"bytes": data})
+                else:
+                    Image.open(io.BytesIO(data)).close()  # PIL reads the header on open
                 digest = hashlib.sha256(data).hexdigest()
             else:  # an already decoded image (PIL or array): its pixels are its content
-                image = to_rgb_image(value)
-                digest = hashlib.sha256(np.asarray(image).tobytes()).hexdigest()
+                digest = hashlib.sha256(np.asarray(decode_image_value(value)).tobytes()).hexdigest()
         except Exception as error:  # noqa: BLE001 - PIL raises many unrelated types for bad files
             scan.bad.append((index, str(where), f"{type(error).__name__}: {error}"))
             continue
         scan.good.append(index)
         scan.digests.append(digest)
     return scan
+
+
+def decode_image_value(value) -> Image.Image:
+    """An image as a `datasets` column holds it (undecoded `{"bytes", "path"}`, PIL image or array) as an RGB PIL
+    image with every pixel read: PIL opens files lazily, so a truncated file fails here, not in a transform."""
+    if isinstance(value, dict):
+        value = Image.open(io.BytesIO(_encoded_image_bytes(value)))
+        value.load()
+    return to_rgb_image(value)
 
 
 def _encoded_image_bytes(value: dict) -> bytes:
@@ -347,12 +355,9 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
         for position, row in enumerate(self.stream):
             value = row[self.image_column]
             try:
-                if isinstance(value, dict):
-                    value = Image.open(io.BytesIO(_encoded_image_bytes(value)))
-                    value.load()  # PIL opens lazily: a truncated file fails here, not in the transform
-                image = to_rgb_image(value)
+                image = decode_image_value(value)
             except Exception as error:  # noqa: BLE001 - PIL raises many unrelated types for bad files
-                where = row[self.image_column].get("path") if isinstance(row[self.image_column], dict) else None
+                where = value.get("path") if isinstance(value, dict) else None
                 logger.warning(f"Skipping an unreadable streamed image ({where or f'row {position}'}): {error}")
                 continue
             generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, position))
