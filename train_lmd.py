@@ -87,6 +87,9 @@ class ModelArguments:
     norm_latent_loss: bool | None = field(
         default=None, metadata={"help": "Normalise each target latent patch (MAE's norm_pix_loss)."}
     )
+    visible_loss_weight: float | None = field(
+        default=None, metadata={"help": "Weight of the loss on the visible patches (0: hidden patches only, as MAE)."}
+    )
     cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are stored."})
 
 
@@ -168,7 +171,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> tuple[L
         config = LMDConfig.from_preset(model_args.model_preset)
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
-    for name in ("mask_schedule", "mask_ratio", "norm_latent_loss"):
+    for name in ("mask_schedule", "mask_ratio", "norm_latent_loss", "visible_loss_weight"):
         if getattr(model_args, name) is not None:
             setattr(config, name, getattr(model_args, name))
     if data_args.image_size is not None:

@@ -164,10 +164,12 @@ def test_cache_latents_second_run_does_not_run_the_vae_encoder(
 def test_continue_from_a_checkpoint_with_overrides(train_lmd, image_folder, vae_folder, tmp_path, tiny_checkpoint):
     metrics = train_lmd.main([
         *base_args(image_folder, vae_folder, tmp_path / "continued", "--max_steps", "2"),
-        "--model_name_or_path", str(tiny_checkpoint), "--mask_schedule", "constant", "--do_train",
+        "--model_name_or_path", str(tiny_checkpoint), "--mask_schedule", "constant", "--visible_loss_weight", "0.5",
+        "--do_train",
     ])
     assert metrics["global_step"] == 2 and "eval_loss" not in metrics
-    assert LMDForPreTraining.from_pretrained(tmp_path / "continued").config.mask_schedule == "constant"
+    config = LMDForPreTraining.from_pretrained(tmp_path / "continued").config
+    assert (config.mask_schedule, config.visible_loss_weight) == ("constant", 0.5)
 
 
 def test_config_overrides_reach_the_model_and_bad_ones_are_refused(train_lmd, image_folder, vae_folder, tmp_path):
