@@ -32,7 +32,7 @@ VARIANTS = {
     "lr x 2": ["--base_learning_rate", "1.2e-2"],
     "decoder depth 4": ["--config_overrides", "decoder_num_hidden_layers=4"],
     "norm_latent_loss": ["--norm_latent_loss", "true"],
-    "loss on all patches": ["--visible_loss_weight", "1"],
+    "loss on hidden patches only": ["--visible_loss_weight", "0"],
     "batch 128, half the steps": ["--per_device_train_batch_size", "128", "--max_steps", "300"],
     "twice the steps": ["--max_steps", "1200"],
     "constant 0.75 (no schedule)": ["--mask_schedule", "constant"],

@@ -26,13 +26,15 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1     # nothing is downloaded
 python -m modeling_lmd.demo_data --output_dir "$DATA_DIR" --resolution 64
 
 # No --vae_name_or_path: train_lmd.py uses the shipped demo VAE (modeling_lmd/pretrained/demo-vae).
+# The loss covers the visible patches too (--visible_loss_weight 1; MAE and the library default: hidden only):
+# 0.2 to 0.45 dB better held out over 3 seeds at this short budget (README, Quality).
 python train_lmd.py \
     --train_dir "$DATA_DIR/train" --validation_dir "$DATA_DIR/validation" \
     --model_preset lmd-small --mask_schedule cosine \
     --cache_latents --latent_cache_views 1 \
     --output_dir "$OUTPUT_DIR" \
     --max_steps "$MAX_STEPS" --per_device_train_batch_size 64 \
-    --base_learning_rate 6e-3 --warmup_steps 0.05 \
+    --base_learning_rate 6e-3 --warmup_steps 0.05 --visible_loss_weight 1 \
     --logging_steps 20 --eval_strategy steps --eval_steps 150 --save_strategy no \
     --dataloader_pin_memory false --report_to none --seed 0 \
     "$@"
