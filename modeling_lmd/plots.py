@@ -21,7 +21,7 @@ def save_training_curves(log_history: list[dict], path: str, title: str = "") ->
         return False
     figure, axes = plt.subplots(1, 4, figsize=(17, 3.6))
     steps = [entry["step"] for entry in train]
-    for axis, key, label in ((axes[0], "loss", "training loss (masked latent MSE)"),
+    for axis, key, label in ((axes[0], "loss", "training loss (latent MSE)"),
                              (axes[1], "mask_ratio", "mask ratio (schedule)"),
                              (axes[2], "learning_rate", "learning rate")):
         axis.plot(steps, [entry.get(key, float("nan")) for entry in train], marker=".", color="tab:blue")
