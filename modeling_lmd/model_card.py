@@ -13,7 +13,7 @@ CARD_TAGS = ["lmd", "masked-image-modeling", "image-to-image", "arxiv:2312.07971
 
 #: How the card names the evaluation metrics (`eval_<name>` in `metrics`), in this order.
 METRIC_LABELS = {
-    "loss": "Masked latent MSE (training objective)",
+    "loss": "Latent MSE (the training objective, see Loss above)",
     "masked_psnr": "PSNR (dB), LMD, leak-free (hidden pixels never seen)",
     "masked_psnr_latent_masking": "PSNR (dB), LMD, whole image encoded, latents masked (paper's setting)",
     "pixel_mean_fill_psnr": "PSNR (dB), baseline: hidden pixels painted with the visible mean colour",

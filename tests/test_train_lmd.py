@@ -124,6 +124,7 @@ def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_fold
     assert metadata["pipeline_tag"] == "image-to-image" and metadata["datasets"] == ["toy-images"]
     assert "piecewise" in card and 'pipeline("lmd-reconstruction"' in card and "{{" not in card
     assert "mean colour" in card and "VAE's own reconstruction" in card
+    assert "| Loss | MSE on the hidden patches |" in card  # visible_loss_weight 0: hidden patches only
     assert "](reconstructions.png)" in card and "](training_curves.png)" in card
     assert "arxiv:2312.07971" in metadata["tags"]
 
