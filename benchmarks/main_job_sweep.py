@@ -47,7 +47,7 @@ def run_variant(name: str, extra: list[str], seed: int, args) -> dict:
              "--max_eval_samples", "4", "--latent_cache_views", "1"] if args.quick else []
     # Runs in parallel each keep their own latent cache (two writers of one cache folder would collide).
     cache = ["--latent_cache_dir", os.path.join(folder, "latent-cache")] if args.parallel > 1 else []
-    vae = ["--vae_name_or_path", os.path.abspath(args.vae)] if args.vae else []
+    vae = ["--vae_name_or_path", args.vae] if args.vae else []
     started = time.time()
     with open(os.path.join(folder + ".log"), "w") as log:
         subprocess.run(["bash", os.path.join(REPO, "examples", "run_demo.sh"), *quick, *cache, *vae, *extra,
@@ -71,9 +71,12 @@ def main(argv=None) -> dict:
     cli.add_argument("--seeds", type=int, nargs="+", default=[0])
     cli.add_argument("--parallel", type=int, default=1)
     cli.add_argument("--unseen_dir", default=os.path.join(REPO, "data", "unseen"))
-    cli.add_argument("--vae", default=None, help="train every variant on this VAE (default: the shipped demo VAE)")
+    cli.add_argument("--vae", default=None,
+                     help="train every variant on this VAE, a folder or a Hub id (default: the shipped demo VAE)")
     args = cli.parse_args(argv)
     args.data_dir = os.path.abspath(args.data_dir)
+    if args.vae and os.path.exists(args.vae):  # run_demo.sh runs in the repository; a Hub id stays as it is
+        args.vae = os.path.abspath(args.vae)
     setup(args)
     os.makedirs(os.path.join(args.output_dir, "runs"), exist_ok=True)
     variants = ["main job", "leak-free training"] if args.quick else args.variants

@@ -200,11 +200,13 @@ def main(argv=None):
     val = load_split(args.data_dir, "validation")
     logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
 
+    init_val_psnr = None
     if args.init_from is None:
         vae = build_vae(args)
-    else:
+    else:  # its starting validation PSNR is recorded, so what the extra training gained is in training_info.json
         vae = VAE_CLASSES[args.vae_class].from_pretrained(args.init_from)
-        logger.info("continuing from %s (val PSNR %.2f dB)", args.init_from, evaluate_psnr(vae, val))
+        init_val_psnr = evaluate_psnr(vae, val)
+        logger.info("continuing from %s (val PSNR %.2f dB)", args.init_from, init_val_psnr)
     vae = vae.to(memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in vae.parameters())
     logger.info("%s: %.2f M parameters, downsampling factor %d", args.vae_class, n_params / 1e6,
@@ -286,6 +288,7 @@ def main(argv=None):
         "num_threads": args.num_threads,
         "parameters": n_params,
         "val_psnr": round(val_psnr, 3),
+        "init_val_psnr": None if init_val_psnr is None else round(init_val_psnr, 3),
         "latent_mean": mean,
         "latent_std": std,
         "train_tiles": len(train),

@@ -108,6 +108,7 @@ def test_train_vae_goes_on_from_a_saved_vae(vae_folder, tmp_path, monkeypatch):
     start = AutoencoderKL.from_pretrained(vae_folder).state_dict()
     same = AutoencoderKL.from_pretrained(tmp_path / "same").state_dict()
     assert info["steps"] == 0 and all(torch.equal(start[name], same[name]) for name in start)
+    assert info["init_val_psnr"] == info["val_psnr"]  # no step taken: the starting PSNR is the final one
 
     train_vae.main([*common, "--max_steps", "2", "--output_dir", str(tmp_path / "on")])
     trained = AutoencoderKL.from_pretrained(tmp_path / "on")
