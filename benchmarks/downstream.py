@@ -4,9 +4,9 @@ ViTForImageClassification at the same width, depth and patch grid, and digits ac
 Inference images/s (batch forward, no grad, median of interleaved repetitions) in two settings: `paper` (ViT-B at
 224 px: LMD on SD-sized KL-f8 latents with patch 4, 49 tokens, against a pixel ViT-B with patch 32, the same 7 x 7
 grid) and `demo` (64 px, lmd-small widths: LMD latent patch 2 on f4 latents against pixel patch 8, 64 tokens
-each). LMD is timed with the VAE encode included and from cached latents. Accuracy: scikit-learn's digits (450 held-out scans),
-`examples/finetune_classification.py` fine-tuning an LMD-pre-trained encoder and the same from scratch, beside a
-pixel ViT of the same widths from scratch, all for the same steps.
+each). LMD is timed with the VAE encode included and from cached latents. Accuracy: scikit-learn's digits (450
+held-out scans), `examples/finetune_classification.py` fine-tuning an LMD-pre-trained encoder and the same from
+scratch, beside a pixel ViT of the same widths from scratch, all for the same steps.
 
     python benchmarks/downstream.py --output_dir runs/benchmarks
     python benchmarks/downstream.py --quick --output_dir runs/benchmarks

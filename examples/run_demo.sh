@@ -27,7 +27,7 @@ python -m modeling_lmd.demo_data --output_dir "$DATA_DIR" --resolution 64
 
 # No --vae_name_or_path: train_lmd.py uses the shipped demo VAE (modeling_lmd/pretrained/demo-vae).
 # The loss covers the visible patches too (--visible_loss_weight 1; MAE and the library default: hidden only):
-# 0.2 to 0.45 dB better held out over 3 seeds at this short budget (README, Quality).
+# 0.18 to 0.45 dB better held out on each of 3 seeds at this short budget (README, Quality).
 python train_lmd.py \
     --train_dir "$DATA_DIR/train" --validation_dir "$DATA_DIR/validation" \
     --model_preset lmd-small --mask_schedule cosine \
