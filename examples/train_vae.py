@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Train the small demo VAE (diffusers ``AutoencoderKL``; ``--vae_class VQModel`` or ``AutoencoderTiny`` for the
-projector benchmark) on the offline demo dataset, on CPU.
+projector benchmark) on the offline demo dataset, on CPU (or ``--device cuda``).
 
 The result is saved in diffusers format (``save_pretrained``) and is what ships in
 ``modeling_lmd/pretrained/demo-vae``. Its config carries ``scaling_factor`` = 1 / std and ``shift_factor`` =
@@ -75,13 +75,16 @@ def parse_args(argv=None):
                    help="last fraction of the training run uses full-resolution tiles (no crop)")
     p.add_argument("--num_threads", type=int, default=2)
     p.add_argument("--eval_every", type=int, default=0, help="evaluate validation PSNR every N steps (0: only at the end)")
+    p.add_argument("--eval_dirs", nargs="*", default=[],
+                   help="more folders of PNG tiles (e.g. photos never trained on) whose PSNR is recorded at the end")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the VAE trains; batches are drawn and augmented on the CPU either way")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
 
-def load_split(data_dir: str, split: str) -> torch.Tensor:
-    """All PNG tiles of a split as a uint8 tensor (N, 3, H, W), in sorted file order."""
-    folder = os.path.join(data_dir, split)
+def load_tiles(folder: str) -> torch.Tensor:
+    """All PNG tiles of a folder as a uint8 tensor (N, 3, H, W), in sorted file order."""
     names = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
     arrs = []
     for name in names:
@@ -166,8 +169,8 @@ def evaluate_psnr(vae, images_uint8: torch.Tensor, batch_size: int = 64) -> floa
     vae.eval()
     psnrs = []
     for i in range(0, len(images_uint8), batch_size):
-        x = to_model_range(images_uint8[i : i + batch_size])
-        psnrs.append(psnr(decode(vae, latents_of(vae, x)), x))
+        x = to_model_range(images_uint8[i : i + batch_size]).to(vae.device)
+        psnrs.append(psnr(decode(vae, latents_of(vae, x)), x).cpu())
     vae.train()
     return float(torch.cat(psnrs).mean())
 
@@ -178,7 +181,7 @@ def latent_stats(vae, images_uint8: torch.Tensor, batch_size: int = 64):
     vae.eval()
     total, total_sq, count = 0.0, 0.0, 0
     for i in range(0, len(images_uint8), batch_size):
-        z = latents_of(vae, to_model_range(images_uint8[i : i + batch_size])).double()
+        z = latents_of(vae, to_model_range(images_uint8[i : i + batch_size]).to(vae.device)).double()
         total += float(z.sum())
         total_sq += float((z * z).sum())
         count += z.numel()
@@ -196,8 +199,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     build_demo_dataset(args.data_dir, resolution=args.resolution)
-    train = load_split(args.data_dir, "train")
-    val = load_split(args.data_dir, "validation")
+    train = load_tiles(os.path.join(args.data_dir, "train"))
+    val = load_tiles(os.path.join(args.data_dir, "validation"))
     logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
 
     init_val_psnr = None
@@ -207,7 +210,7 @@ def main(argv=None):
         vae = VAE_CLASSES[args.vae_class].from_pretrained(args.init_from)
         init_val_psnr = evaluate_psnr(vae, val)
         logger.info("continuing from %s (val PSNR %.2f dB)", args.init_from, init_val_psnr)
-    vae = vae.to(memory_format=torch.channels_last)
+    vae = vae.to(args.device, memory_format=torch.channels_last)
     n_params = sum(p.numel() for p in vae.parameters())
     logger.info("%s: %.2f M parameters, downsampling factor %d", args.vae_class, n_params / 1e6,
                 2 ** (len(args.block_out_channels) - 1))
@@ -248,7 +251,7 @@ def main(argv=None):
         idx = perm[pos : pos + args.batch_size]
         pos += args.batch_size
         crop = args.resolution if progress >= 1.0 - args.full_res_fraction else args.crop_size
-        x = to_model_range(augment(train[idx], gen, crop)).contiguous(memory_format=torch.channels_last)
+        x = to_model_range(augment(train[idx], gen, crop)).to(args.device, memory_format=torch.channels_last)
 
         loss, mse, kl = training_loss(vae, x, gen, args)
         opt.zero_grad(set_to_none=True)
@@ -277,6 +280,7 @@ def main(argv=None):
     else:
         vae.register_to_config(scaling_factor=float(1.0 / std))
     val_psnr = evaluate_psnr(vae, val)
+    eval_psnr = {folder: round(evaluate_psnr(vae, load_tiles(folder)), 3) for folder in args.eval_dirs}
     logger.info("done: %d steps in %.1f min; val PSNR %.2f dB; latent mean %.4f std %.4f", step, train_minutes, val_psnr, mean, std)
 
     os.makedirs(args.output_dir, exist_ok=True)
@@ -289,6 +293,7 @@ def main(argv=None):
         "parameters": n_params,
         "val_psnr": round(val_psnr, 3),
         "init_val_psnr": None if init_val_psnr is None else round(init_val_psnr, 3),
+        "eval_psnr": eval_psnr,
         "latent_mean": mean,
         "latent_std": std,
         "train_tiles": len(train),
@@ -299,7 +304,8 @@ def main(argv=None):
     with open(os.path.join(args.output_dir, "training_info.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
         f.write("\n")
-    print(json.dumps({k: info[k] for k in ("steps", "train_minutes", "val_psnr", "latent_mean", "latent_std")}))
+    summary = ("steps", "train_minutes", "val_psnr", "eval_psnr", "latent_mean", "latent_std")
+    print(json.dumps({k: info[k] for k in summary}))
     return info
 
 

@@ -104,11 +104,14 @@ def test_train_vae_goes_on_from_a_saved_vae(vae_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(train_vae, "build_demo_dataset", lambda *args, **kwargs: None)
     common = ["--data_dir", str(tmp_path / "demo"), "--resolution", "16", "--crop_size", "8", "--batch_size", "4",
               "--init_from", vae_folder]
-    info = train_vae.main([*common, "--max_steps", "0", "--output_dir", str(tmp_path / "same")])
+    validation = str(tmp_path / "demo" / "validation")
+    info = train_vae.main([*common, "--max_steps", "0", "--output_dir", str(tmp_path / "same"),
+                           "--eval_dirs", validation])
     start = AutoencoderKL.from_pretrained(vae_folder).state_dict()
     same = AutoencoderKL.from_pretrained(tmp_path / "same").state_dict()
     assert info["steps"] == 0 and all(torch.equal(start[name], same[name]) for name in start)
     assert info["init_val_psnr"] == info["val_psnr"]  # no step taken: the starting PSNR is the final one
+    assert info["eval_psnr"] == {validation: round(info["val_psnr"], 3)}  # a named folder is scored the same way
 
     train_vae.main([*common, "--max_steps", "2", "--output_dir", str(tmp_path / "on")])
     trained = AutoencoderKL.from_pretrained(tmp_path / "on")
