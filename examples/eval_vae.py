@@ -21,9 +21,8 @@ import time
 import numpy as np
 import torch
 from diffusers import AutoencoderKL
-from PIL import Image
 
-from modeling_lmd.demo_data import build_demo_dataset
+from modeling_lmd.demo_data import build_demo_dataset, load_tiles
 from modeling_lmd.metrics import psnr
 from modeling_lmd.pretrained import DEMO_VAE
 
@@ -41,15 +40,6 @@ def parse_args(argv=None):
     p.add_argument("--num_threads", type=int, default=2)
     p.add_argument("--output_json", default=None, help="where to write the metrics (default: <vae>/eval_results.json)")
     return p.parse_args(argv)
-
-
-def load_tiles(folder: str):
-    names = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
-    arrs = []
-    for name in names:
-        with Image.open(os.path.join(folder, name)) as img:
-            arrs.append(np.asarray(img.convert("RGB")))
-    return names, np.stack(arrs)
 
 
 @torch.no_grad()

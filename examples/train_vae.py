@@ -30,10 +30,9 @@ import time
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, VQModel
-from PIL import Image
 from tqdm.auto import tqdm
 
-from modeling_lmd.demo_data import build_demo_dataset
+from modeling_lmd.demo_data import build_demo_dataset, load_tiles
 from modeling_lmd.metrics import psnr
 from modeling_lmd.pretrained import DEMO_VAE
 
@@ -83,14 +82,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def load_tiles(folder: str) -> torch.Tensor:
+def tile_tensor(folder: str) -> torch.Tensor:
     """All PNG tiles of a folder as a uint8 tensor (N, 3, H, W), in sorted file order."""
-    names = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
-    arrs = []
-    for name in names:
-        with Image.open(os.path.join(folder, name)) as img:
-            arrs.append(np.asarray(img.convert("RGB")))
-    return torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(load_tiles(folder)[1]).permute(0, 3, 1, 2).contiguous()
 
 
 def to_model_range(x_uint8: torch.Tensor) -> torch.Tensor:
@@ -199,8 +193,8 @@ def main(argv=None):
     torch.manual_seed(args.seed)
 
     build_demo_dataset(args.data_dir, resolution=args.resolution)
-    train = load_tiles(os.path.join(args.data_dir, "train"))
-    val = load_tiles(os.path.join(args.data_dir, "validation"))
+    train = tile_tensor(os.path.join(args.data_dir, "train"))
+    val = tile_tensor(os.path.join(args.data_dir, "validation"))
     logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
 
     init_val_psnr = None
@@ -280,7 +274,7 @@ def main(argv=None):
     else:
         vae.register_to_config(scaling_factor=float(1.0 / std))
     val_psnr = evaluate_psnr(vae, val)
-    eval_psnr = {folder: round(evaluate_psnr(vae, load_tiles(folder)), 3) for folder in args.eval_dirs}
+    eval_psnr = {folder: round(evaluate_psnr(vae, tile_tensor(folder)), 3) for folder in args.eval_dirs}
     logger.info("done: %d steps in %.1f min; val PSNR %.2f dB; latent mean %.4f std %.4f", step, train_minutes, val_psnr, mean, std)
 
     os.makedirs(args.output_dir, exist_ok=True)

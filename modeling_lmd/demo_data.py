@@ -122,6 +122,13 @@ def _load_rgb(path: str) -> Image.Image:
         return img.convert("RGB")
 
 
+def load_tiles(folder: str) -> Tuple[List[str], np.ndarray]:
+    """The PNG tiles of one folder (a split of a build, or the unseen photographs) in sorted file order: their
+    names and a uint8 array (N, H, W, 3). Every tile of a build has the same size."""
+    names = sorted(f for f in os.listdir(folder) if f.endswith(".png"))
+    return names, np.stack([np.asarray(_load_rgb(os.path.join(folder, name))) for name in names])
+
+
 def _grid_offsets(length: int, tile: int, stride: int) -> List[int]:
     """Offsets of a regular grid of tiles, centred in ``length``."""
     if length < tile:

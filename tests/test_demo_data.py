@@ -51,6 +51,15 @@ def test_counts_and_metadata(demo_dir_32):
             assert img.size == (32, 32) and img.mode == "RGB"
 
 
+def test_load_tiles_reads_a_split_in_file_order(demo_dir_32):
+    out, meta = demo_dir_32
+    names, tiles = demo_data.load_tiles(os.path.join(out, "validation"))
+    assert names == sorted(names) and len(names) == meta["counts"]["validation"]
+    assert tiles.shape == (len(names), 32, 32, 3) and tiles.dtype == np.uint8
+    with Image.open(os.path.join(out, "validation", names[-1])) as img:
+        np.testing.assert_array_equal(tiles[-1], np.asarray(img.convert("RGB")))
+
+
 def test_split_by_source_photo(demo_dir_32):
     out, meta = demo_dir_32
     photos = {}
