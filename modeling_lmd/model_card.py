@@ -1,5 +1,6 @@
-"""The model card `train_lmd.py` writes and pushes: rendered from `model_card_template.md` with the model's config,
-the training arguments and the metrics, each handed over whole."""
+"""The model card `train_lmd.py` writes and pushes: rendered from the repository's top-level `model_card.md` with the
+model's config, the training arguments and the metrics, each handed over whole. Its metadata carries the licence
+and a `model-index` of the held-out PSNRs, so the Hub shows them."""
 
 from __future__ import annotations
 
@@ -7,9 +8,16 @@ import os
 from typing import Any
 
 
-TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card_template.md")
+TEMPLATE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "model_card.md")
 #: `arxiv:2312.07971` lists the checkpoint on the paper's Hub page.
 CARD_TAGS = ["lmd", "masked-image-modeling", "image-to-image", "arxiv:2312.07971"]
+
+#: The metrics that go into the card's `model-index` (what the Hub shows): LMD with its baseline and its ceiling.
+MODEL_INDEX_METRICS = {
+    "masked_psnr": "Hidden-region PSNR (dB), LMD, leak-free",
+    "pixel_mean_fill_psnr": "Hidden-region PSNR (dB), baseline: mean-colour fill",
+    "vae_psnr": "Hidden-region PSNR (dB), ceiling: the VAE alone",
+}
 
 #: How the card names the evaluation metrics (`eval_<name>` in `metrics`), in this order.
 METRIC_LABELS = {
@@ -33,16 +41,29 @@ def render_model_card(
         metrics: what `train_lmd.py` writes to `metrics.json` (`eval_*` entries are tabulated).
         facts: what only the script knows: `repo_id`, `vae_description`, `dataset_description`, `dataset_tag`
             (a Hub dataset id or `None`), `augmentation`, `train_samples`, `global_step`, `total_batch_size`,
-            `has_reconstructions`, `has_curves` and `base_model` (the VAE's Hub id, or `None`).
+            `has_reconstructions`, `has_curves`, `base_model` (the VAE's Hub id, or `None`) and `license` (of the
+            weights; default `apache-2.0`, the package's).
     """
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    model_name = facts["repo_id"].split("/")[-1]
+    dataset_type = facts.get("dataset_tag") or "imagefolder"
+    eval_results = [
+        EvalResult(task_type="image-to-image", task_name="Masked image reconstruction", dataset_type=dataset_type,
+                   dataset_name=facts["dataset_description"].strip("`"), dataset_split="validation",
+                   metric_type="psnr", metric_name=f"{label}, mask ratio {model.config.mask_ratio}",
+                   metric_value=round(float(metrics[f"eval_{name}"]), 2))
+        for name, label in MODEL_INDEX_METRICS.items() if f"eval_{name}" in metrics
+    ]
     card_data = ModelCardData(
+        license=facts.get("license") or "apache-2.0",
         library_name="transformers",
         pipeline_tag="image-to-image",
         tags=list(CARD_TAGS),
         datasets=[facts["dataset_tag"]] if facts.get("dataset_tag") else None,
         base_model=facts.get("base_model"),
+        model_name=model_name,
+        eval_results=eval_results or None,
     )
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
@@ -51,7 +72,7 @@ def render_model_card(
     card = ModelCard.from_template(
         card_data,
         template_path=template_path or TEMPLATE,
-        model_name=facts["repo_id"].split("/")[-1],
+        model_name=model_name,
         config=model.config,
         args=training_args,
         facts=facts,
@@ -63,4 +84,4 @@ def render_model_card(
     return str(card)
 
 
-__all__ = ["CARD_TAGS", "TEMPLATE", "render_model_card"]
+__all__ = ["CARD_TAGS", "MODEL_INDEX_METRICS", "TEMPLATE", "render_model_card"]

@@ -127,6 +127,15 @@ def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_fold
     assert "| Loss | MSE on the hidden patches |" in card  # visible_loss_weight 0: hidden patches only
     assert "](reconstructions.png)" in card and "](training_curves.png)" in card
     assert "arxiv:2312.07971" in metadata["tags"]
+    assert metadata["license"] == "apache-2.0" and "@inproceedings{ma2024lmd" in card
+    # model-index: the held-out PSNR of LMD, the mean-colour fill and the VAE alone, as the Hub reads them.
+    (entry,) = metadata["model-index"]
+    (result,) = entry["results"]  # one task on one dataset, three metrics
+    psnrs = {metric["name"].split(", ")[1]: metric["value"] for metric in result["metrics"]}
+    assert psnrs == {"LMD": round(written["eval_masked_psnr"], 2),
+                     "baseline: mean-colour fill": round(written["eval_pixel_mean_fill_psnr"], 2),
+                     "ceiling: the VAE alone": round(written["eval_vae_psnr"], 2)}
+    assert result["dataset"]["type"] == "toy-images" and result["task"]["type"] == "image-to-image"
 
 
 def test_cache_latents_second_run_does_not_run_the_vae_encoder(
