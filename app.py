@@ -242,17 +242,16 @@ def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0
     )
 
 
-def load_pipeline(model_name_or_path: str | os.PathLike = DEMO_LMD):
-    """The `"lmd-reconstruction"` pipeline (on the CPU) for an LMD pre-training checkpoint: a folder or a Hub id."""
+def load_pipeline(model_name_or_path: str | os.PathLike = DEMO_LMD, device: str | None = None):
+    """The `"lmd-reconstruction"` pipeline for an LMD pre-training checkpoint (a folder or a Hub id), on `device`
+    (default: the first accelerator when present, else the CPU)."""
     from transformers import pipeline
 
     import modeling_lmd  # registers the task and the Auto classes
 
-    model = os.fspath(model_name_or_path)
-    if os.path.abspath(model) == os.path.abspath(DEMO_LMD):
-        return pipeline("lmd-reconstruction", model=DEMO_LMD)
-    # Any other folder or Hub id: the pipeline class from this package, so no remote code is needed.
-    return pipeline("lmd-reconstruction", model=model, pipeline_class=modeling_lmd.LMDReconstructionPipeline)
+    # The pipeline class from this package, so no remote code is needed for any checkpoint.
+    return pipeline("lmd-reconstruction", model=os.fspath(model_name_or_path),
+                    pipeline_class=modeling_lmd.LMDReconstructionPipeline, device=device)
 
 
 def example_photo_paths(folder: str | os.PathLike | None = None) -> dict[str, str]:
@@ -435,6 +434,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Port (default 7860).")
     parser.add_argument("--share", action="store_true",
                         help="Also create a public gradio.live link (off by default).")
+    parser.add_argument("--device", default=None,
+                        help="Where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present).")
     return parser.parse_args(argv)
 
 
@@ -443,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request gradio makes to itself
     try:
-        pipe = load_pipeline(args.model)
+        pipe = load_pipeline(args.model, args.device)
     except Exception as error:  # noqa: BLE001  (any loading failure becomes a one-line message)
         print(f"error: could not load the LMD checkpoint {args.model!r}: {error}", file=sys.stderr)
         return 2

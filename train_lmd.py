@@ -31,6 +31,7 @@ import transformers
 from transformers import HfArgumentParser, set_seed
 
 from modeling_lmd import MASK_SCHEDULES, PRESETS, LMDConfig, LMDForPreTraining, LMDImageProcessor
+from modeling_lmd.modeling_lmd import read_vae_config
 from modeling_lmd.data import (
     STREAMED_EVAL_SAMPLES,
     ImageDataset,
@@ -164,25 +165,28 @@ def parse_arguments(args: list[str] | str | None):
 
 
 def build_model(model_args: ModelArguments, data_args: DataArguments) -> tuple[LMDForPreTraining, str]:
-    """The model to train, and a description of its VAE for the model card."""
+    """The model to train, and a description of its VAE for the model card. The configuration is settled (and a
+    preset that does not fit the VAE refused) from the VAE's config alone, before any weight is read."""
+    vae = model_args.vae_name_or_path or DEMO_VAE
+    image_size = {} if data_args.image_size is None else {"image_size": data_args.image_size}
     if model_args.model_name_or_path is not None:
-        config = LMDConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir)
+        config = LMDConfig.from_pretrained(model_args.model_name_or_path, cache_dir=model_args.cache_dir,
+                                           **image_size)
     else:
-        config = LMDConfig.from_preset(model_args.model_preset)
+        vae_type, vae_config = read_vae_config(vae, subfolder=model_args.vae_subfolder)
+        config = LMDConfig.from_preset(model_args.model_preset, vae_type=vae_type, vae_config=vae_config,
+                                       **image_size)
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
     for name in ("mask_schedule", "mask_ratio", "norm_latent_loss", "visible_loss_weight"):
         if getattr(model_args, name) is not None:
             setattr(config, name, getattr(model_args, name))
-    if data_args.image_size is not None:
-        config.image_size = data_args.image_size
     config.validate()
 
     if model_args.model_name_or_path is not None:
         model = LMDForPreTraining.from_pretrained(model_args.model_name_or_path, config=config,
                                                   cache_dir=model_args.cache_dir)
         return model, f"the VAE of `{model_args.model_name_or_path}` ({config.vae_type})"
-    vae = model_args.vae_name_or_path or DEMO_VAE
     model = LMDForPreTraining.from_vae(vae, subfolder=model_args.vae_subfolder, config=config)
     if vae == DEMO_VAE:
         return model, f"the shipped demo VAE (`modeling_lmd/pretrained/demo-vae`), {model.config.vae_type}"

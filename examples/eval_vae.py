@@ -6,8 +6,8 @@ and mean SSIM (``skimage.metrics.structural_similarity``, ``channel_axis=-1``, `
 reports the statistics of the scaled latents ``(z - shift_factor) * scaling_factor``, which should be about
 zero mean / unit std for the shipped VAE.
 
-    python examples/eval_vae.py                       # the shipped modeling_lmd/pretrained/demo-vae
-    python examples/eval_vae.py --vae path/to/vae --output_json results.json
+    python examples/eval_vae.py                       # the shipped demo VAE -> runs/eval_vae/eval_results.json
+    python examples/eval_vae.py --vae path/to/vae --output_dir runs/eval_vae/my-vae --device cuda
 """
 
 from __future__ import annotations
@@ -38,20 +38,22 @@ def parse_args(argv=None):
     p.add_argument("--split", default="validation")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--num_threads", type=int, default=2)
-    p.add_argument("--output_json", default=None, help="where to write the metrics (default: <vae>/eval_results.json)")
+    p.add_argument("--output_dir", default="runs/eval_vae", help="where eval_results.json is written")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the VAE runs (default: cuda when present)")
     return p.parse_args(argv)
 
 
 @torch.no_grad()
 def reconstruct(vae, images_uint8: np.ndarray, batch_size: int = 64):
-    """Posterior-mode reconstructions in [0, 1] (N, H, W, 3) float64, and the raw latents."""
+    """Posterior-mode reconstructions in [0, 1] (N, H, W, 3) float64, and the raw latents (on the CPU)."""
     recs, latents = [], []
     for i in range(0, len(images_uint8), batch_size):
         x = torch.from_numpy(images_uint8[i : i + batch_size]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        z = vae.encode(x).latent_dist.mode()
+        z = vae.encode(x.to(vae.device)).latent_dist.mode()
         rec = vae.decode(z).sample
-        recs.append(((rec + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).double().numpy())
-        latents.append(z)
+        recs.append(((rec + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1).double().cpu().numpy())
+        latents.append(z.cpu())
     return np.concatenate(recs), torch.cat(latents)
 
 
@@ -74,7 +76,7 @@ def main(argv=None):
     meta = build_demo_dataset(args.data_dir, resolution=args.resolution)
     names, images = load_tiles(os.path.join(args.data_dir, args.split))
 
-    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    vae = AutoencoderKL.from_pretrained(args.vae).to(args.device).eval()
     start = time.time()
     recs, latents = reconstruct(vae, images, args.batch_size)
     seconds = time.time() - start
@@ -104,8 +106,8 @@ def main(argv=None):
         "encode_decode_seconds": round(seconds, 2),
         "demo_data_version": meta.get("version"),
     }
-    out = args.output_json or os.path.join(args.vae, "eval_results.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    os.makedirs(args.output_dir, exist_ok=True)
+    out = os.path.join(args.output_dir, "eval_results.json")
     with open(out, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=1)
         f.write("\n")

@@ -30,6 +30,7 @@ import torch
 from modeling_lmd import LMDForPreTraining, LMDImageProcessor
 from modeling_lmd.data import derive_seed
 from modeling_lmd.metrics import METRIC_NAMES, reconstruction_metrics, save_reconstruction_grid
+from modeling_lmd.pretrained import DEMO_LMD
 
 #: The columns of results.md: (metric, header).
 TABLE = (
@@ -45,7 +46,8 @@ TABLE = (
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="LMD pre-training checkpoint (folder or Hub id)")
+    parser.add_argument("--model", default=DEMO_LMD,
+                        help="LMD pre-training checkpoint, folder or Hub id (default: the shipped one)")
     parser.add_argument("--data_dir", nargs="+", required=True, help="folders of images (PNG / JPEG)")
     parser.add_argument("--mask_ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -59,6 +61,8 @@ def parse_args(argv=None):
                         help="also draw MAE's four panels for N images of each folder at each ratio (grid-*.png)")
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--output_dir", default="runs/evaluate_reconstruction")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present)")
     return parser.parse_args(argv)
 
 
@@ -101,7 +105,7 @@ def markdown(results: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    model = LMDForPreTraining.from_pretrained(args.model).eval()
+    model = LMDForPreTraining.from_pretrained(args.model).to(args.device).eval()
     processor = LMDImageProcessor.from_model_config(model.config)
     results = []
     started = time.time()

@@ -29,14 +29,16 @@ def parse_args(argv=None):
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--digits_probe", action="store_true", help="linear probe on scikit-learn's digits")
     parser.add_argument("--max_samples", type=int, default=None, help="digits: use only this many images")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present)")
     args = parser.parse_args(argv)
     if not args.images and not args.digits_probe:
         parser.error("give --images and/or --digits_probe")
     return args
 
 
-def load(model_name):
-    model = AutoModel.from_pretrained(model_name).eval()
+def load(model_name, device="cpu"):
+    model = AutoModel.from_pretrained(model_name).to(device).eval()
     try:
         processor = AutoImageProcessor.from_pretrained(model_name)
     except (OSError, ValueError):  # a checkpoint saved without a processor
@@ -50,8 +52,8 @@ def embed(model, processor, images, pooling="mean", batch_size=64) -> np.ndarray
     features = []
     for start in range(0, len(images), batch_size):
         pixel_values = processor(list(images[start : start + batch_size]), return_tensors="pt")["pixel_values"]
-        features.append(model.get_image_features(pixel_values=pixel_values, pooling=pooling).float())
-    return torch.cat(features).numpy()
+        features.append(model.get_image_features(pixel_values=pixel_values.to(model.device), pooling=pooling))
+    return torch.cat(features).float().cpu().numpy()
 
 
 def nearest_neighbours(features: np.ndarray) -> list[tuple[int, float]]:
@@ -84,7 +86,7 @@ def digits_probe(model, processor, args) -> float:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    model, processor = load(args.model)
+    model, processor = load(args.model, args.device)
     results = {}
     if args.images:
         features = embed(model, processor, args.images, args.pooling, args.batch_size)

@@ -10,6 +10,7 @@ import argparse
 
 import numpy as np
 import PIL.Image
+import torch
 from diffusers.utils import make_image_grid
 from transformers import pipeline
 
@@ -28,6 +29,8 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="inpainted.png", help="the inpainted image")
     parser.add_argument("--grid", default=None, help="optional PNG: input, hidden region, inpainted")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="progressive un-masking steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present)")
     return parser.parse_args(argv)
 
 
@@ -40,7 +43,8 @@ def main(argv=None) -> str:
         left, top, right, bottom = args.box
         mask = np.zeros((image.height, image.width), dtype=bool)
         mask[max(top, 0) : bottom, max(left, 0) : right] = True
-    inpaint = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline)
+    inpaint = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline,
+                       device=args.device)
     out = inpaint(image, mask=mask, num_inference_steps=args.num_inference_steps)
     out["reconstruction"].save(args.output)
     hidden = int(out["patch_mask"].sum())

@@ -5,12 +5,13 @@ patches grey), the raw reconstruction, and the reconstruction with the visible p
 pipeline returns).
 
     python examples/reconstruct.py --model path/to/lmd-checkpoint --images a.png b.jpg \
-        --mask_ratio 0.5 --seed 0 --num_inference_steps 4 --output reconstruction_grid.png
+        --mask_ratio 0.5 --seed 0 --num_inference_steps 4 --output reconstruction_grid.png --device cuda
 """
 
 import argparse
 import os
 
+import torch
 from diffusers.utils import make_image_grid
 from transformers import pipeline
 
@@ -26,12 +27,15 @@ def parse_args(argv=None):
     parser.add_argument("--mask_ratio", type=float, default=None, help="default: the model's config.mask_ratio")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num_inference_steps", type=int, default=None, help="progressive un-masking steps")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> str:
     args = parse_args(argv)
-    reconstruct = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline)
+    reconstruct = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline,
+                           device=args.device)
     processor = reconstruct.image_processor
     outputs = reconstruct(args.images, mask_ratio=args.mask_ratio, seed=args.seed,
                           num_inference_steps=args.num_inference_steps)

@@ -10,7 +10,7 @@ unit scale.
 Example (the command used for the shipped VAE is in ``modeling_lmd/pretrained/demo-vae/README.md``)::
 
     python -m modeling_lmd.demo_data --output_dir data/demo --resolution 64
-    python examples/train_vae.py --data_dir data/demo --output_dir modeling_lmd/pretrained/demo-vae
+    python examples/train_vae.py --data_dir data/demo --output_dir runs/vae/demo-vae
 
 Everything runs offline: the data are the demo photographs, the VAE is initialised from scratch (or, with
 ``--init_from``, from a saved VAE whose training goes on under a fresh schedule).
@@ -34,7 +34,6 @@ from tqdm.auto import tqdm
 
 from modeling_lmd.demo_data import build_demo_dataset, load_tiles
 from modeling_lmd.metrics import psnr
-from modeling_lmd.pretrained import DEMO_VAE
 
 
 logger = logging.getLogger("train_vae")
@@ -44,7 +43,8 @@ VAE_CLASSES = {vae_class.__name__: vae_class for vae_class in (AutoencoderKL, VQ
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="Train a small AutoencoderKL on the LMD demo data (CPU friendly).")
     p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
-    p.add_argument("--output_dir", default=DEMO_VAE)
+    p.add_argument("--output_dir", default="runs/vae/demo-vae",
+                   help="where the VAE is saved (never the shipped one unless named here)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--vae_class", default="AutoencoderKL", choices=tuple(VAE_CLASSES))
     p.add_argument("--num_vq_embeddings", type=int, default=1024, help="VQModel codebook size")

@@ -5,8 +5,12 @@ from typing import Any
 
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
+from transformers.utils import logging
 
 from .mask_schedulers import check_mask_schedule
+
+
+logger = logging.get_logger(__name__)
 
 
 VAE_TYPES = ("AutoencoderKL", "VQModel", "AutoencoderTiny")
@@ -285,7 +289,44 @@ class LMDConfig(PreTrainedConfig):
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LMDConfig":
-        """Build a named configuration (`lmd-base`, `lmd-large`, `lmd-small`, `lmd-tiny`), with `overrides` on top."""
+        """Build a named configuration (`lmd-base`, `lmd-large`, `lmd-small`, `lmd-tiny`), with `overrides` on top.
+
+        A preset fixes a token grid for the VAE it was made for; see `check_preset_fits_vae` for what happens when
+        `overrides` bring another VAE or image size.
+        """
         if name not in PRESETS:
             raise ValueError(f"Unknown preset {name!r}; expected one of {', '.join(PRESETS)}.")
-        return cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
+        config = cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
+        check_preset_fits_vae(name, config)
+        return config
+
+
+def check_preset_fits_vae(name: str, config: LMDConfig) -> None:
+    """Catch a preset / VAE mismatch before any compute.
+
+    A preset is made for one VAE downsampling factor at one image size (`lmd-small`: 4x at 64 px, 64 tokens;
+    `lmd-base`: 8x at 224 px, 49 tokens). A VAE with another factor at the preset's image size silently changes the
+    token grid (Stable Diffusion's 8x VAE under `lmd-small` gives 8 x 8 latents and 16 tokens): that raises, naming
+    the image size that keeps the preset's grid. Any other configuration with fewer tokens than its preset gets a
+    warning.
+    """
+    preset = PRESETS[name]
+    preset_factor = vae_downsampling_factor(preset["vae_type"], preset["vae_config"])
+    preset_tokens = (preset["image_size"] // preset_factor // preset["patch_size"]) ** 2
+    factor, tokens = config.vae_downsampling_factor, config.num_patches
+    grid = f"{config.latent_size} x {config.latent_size} latents and {tokens} tokens"
+    keep = preset["image_size"] * factor // preset_factor
+    if factor != preset_factor and config.image_size == preset["image_size"] and tokens != preset_tokens:
+        other = "; or the preset 'lmd-base' (224 px, 49 tokens), made for 8x VAEs such as Stable Diffusion's" if (
+            factor == 8 and name != "lmd-base") else ""
+        raise ValueError(
+            f"The preset {name!r} is made for a VAE that downsamples {preset_factor}x at {preset['image_size']} px "
+            f"({preset_tokens} tokens). This VAE downsamples {factor}x, so {config.image_size} px images would give "
+            f"{grid}. Pass image_size={keep} (train_lmd.py: --image_size {keep}) to keep {preset_tokens} tokens"
+            f"{other}."
+        )
+    if tokens < preset_tokens:
+        logger.warning(
+            f"{config.image_size} px images with this VAE ({factor}x) and latent patch {config.patch_size} give "
+            f"{grid}, fewer than the {preset_tokens} the preset {name!r} was made for; image_size={keep} keeps them."
+        )

@@ -438,12 +438,18 @@ def build_vae(config: LMDConfig) -> nn.Module:
     return vae
 
 
-def load_pretrained_vae(name_or_path: str, subfolder: str | None = None, **kwargs) -> nn.Module:
-    """Load a diffusers VAE of any supported class from a local folder or Hub id, reading `_class_name`."""
+def read_vae_config(name_or_path: str, subfolder: str | None = None, **kwargs) -> tuple[str, dict]:
+    """The class name and config of a diffusers VAE in a local folder or Hub repo, without reading its weights."""
     config = AutoencoderKL.load_config(name_or_path, subfolder=subfolder, **kwargs)
     class_name = config.get("_class_name", "AutoencoderKL")
     if class_name not in VAE_CLASSES:
         raise ValueError(f"{name_or_path} holds a {class_name}; expected one of {', '.join(VAE_CLASSES)}.")
+    return class_name, dict(config)
+
+
+def load_pretrained_vae(name_or_path: str, subfolder: str | None = None, **kwargs) -> nn.Module:
+    """Load a diffusers VAE of any supported class from a local folder or Hub id, reading `_class_name`."""
+    class_name, _ = read_vae_config(name_or_path, subfolder, **kwargs)
     return VAE_CLASSES[class_name].from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
 
 
@@ -491,20 +497,25 @@ class LMDPreTrainedModel(PreTrainedModel):
             vae: an `AutoencoderKL` / `VQModel` / `AutoencoderTiny` instance, a local diffusers folder, or a Hub id.
             subfolder: where the VAE sits inside the folder or repo (e.g. `"vae"` in a Stable Diffusion repo).
             config: an `LMDConfig` for everything but the VAE; or
-            config_kwargs: `LMDConfig` fields (and `preset="lmd-small"` to start from a named preset).
+            config_kwargs: `LMDConfig` fields (and `preset="lmd-small"` to start from a named preset; a preset that
+                does not fit the VAE is refused before any weight is read, see `check_preset_fits_vae`).
         """
-        if isinstance(vae, (str, bytes)) or hasattr(vae, "__fspath__"):
-            vae = load_pretrained_vae(os.fspath(vae), subfolder=subfolder)
-        vae_type = type(vae).__name__
+        is_path = isinstance(vae, (str, bytes)) or hasattr(vae, "__fspath__")
+        if is_path:
+            vae_type, vae_config = read_vae_config(os.fspath(vae), subfolder=subfolder)
+        else:
+            vae_type, vae_config = type(vae).__name__, dict(vae.config)
         if vae_type not in VAE_CLASSES:
             raise ValueError(f"Unsupported VAE class {vae_type}; expected one of {', '.join(VAE_CLASSES)}.")
-        vae_fields = {"vae_type": vae_type, "vae_config": dict(vae.config)}
+        vae_fields = {"vae_type": vae_type, "vae_config": vae_config}
         if config is not None:
             config = LMDConfig.from_dict({**config.to_dict(), **vae_fields, **config_kwargs})
         else:
             preset = config_kwargs.pop("preset", None)
             config_kwargs.update(vae_fields)
             config = LMDConfig.from_preset(preset, **config_kwargs) if preset else LMDConfig(**config_kwargs)
+        if is_path:
+            vae = load_pretrained_vae(os.fspath(vae), subfolder=subfolder)
         model = cls(config)
         # Copy after construction: `post_init` would otherwise re-initialise the VAE's weights.
         model.base_model.vae.load_state_dict(vae.state_dict())
@@ -1197,6 +1208,7 @@ __all__ = [
     "load_pretrained_vae",
     "paint_hidden_pixels",
     "pool_tokens",
+    "read_vae_config",
     "hidden_from_noise",
     "remaining_hidden_counts",
     "uniform_noise",
