@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,8 @@ import numpy as np
 import PIL.Image
 import PIL.ImageOps
 
-from modeling_lmd.image_processing_lmd import to_rgb_image
+from modeling_lmd.image_processing_lmd import load_image_file, to_rgb_image
+from modeling_lmd.mask_schedulers import check_mask_ratio
 from modeling_lmd.pretrained import DEMO_LMD
 
 logger = logging.getLogger("lmd_app")
@@ -69,30 +69,13 @@ def _describe(source: Any) -> str:
 
 
 def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
-    """Open an image file and check its size from the header, before decoding the pixels."""
-    name = _describe(path)
-    if not os.path.isfile(path):
-        raise PhotoError(f"No file at {os.fspath(path)!r}.")
+    """Open an image file (its size checked from the header, before decoding the pixels), or a `PhotoError`."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(path)
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
-        raise PhotoError(
-            f"{name} is far too large (over {PIL.Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels). "
-            f"Please upload a photo of at most {MAX_PIXELS / 1e6:.0f} megapixels."
-        ) from None
-    except Exception:  # noqa: BLE001  (PIL raises several unrelated types for non-image files)
-        raise PhotoError(
-            f"{name} is not an image file this app can read; please upload a photo (PNG, JPEG, WebP, TIFF, BMP, "
-            f"GIF, ...)."
-        ) from None
-    _check_size(image.width, image.height, name)
-    try:
-        image.load()
-    except Exception as error:  # noqa: BLE001  (truncated or corrupt pixel data, several types)
-        raise PhotoError(f"{name} looks like an image but could not be decoded (damaged file?): {error}") from None
-    return PIL.ImageOps.exif_transpose(image)
+        image = load_image_file(path, max_pixels=MAX_PIXELS)
+    except (FileNotFoundError, ValueError) as error:
+        raise PhotoError(str(error)) from None
+    _check_size(image.width, image.height, _describe(path))
+    return image
 
 
 def _check_size(width: int, height: int, name: str = "the image") -> None:
@@ -213,8 +196,7 @@ def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0
     start = time.perf_counter()
     try:
         if mode == "random":
-            if mask_ratio is None or not 0.05 <= float(mask_ratio) <= 0.95:
-                raise PhotoError(f"The share to hide must be between 0.05 and 0.95, got {mask_ratio}.")
+            check_mask_ratio(mask_ratio, "The share to hide")  # a ValueError becomes a PhotoError below
             out = pipe(image, mask_ratio=float(mask_ratio), seed=seed, num_inference_steps=steps)
         else:
             if mask is None or not np.asarray(mask).any():
@@ -344,7 +326,7 @@ def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
     model_label = "the shipped demo checkpoint" if is_demo_model else f"{model_name_or_path}"
     examples = example_photo_paths()
     size = pipe.model.config.image_size  # the model's input side, in pixels
-    cell = pipe.model.config.patch_size * pipe.model.config.vae_downsampling_factor  # one latent patch, in pixels
+    cell = pipe.model.config.patch_pixels  # one latent patch, in pixels
 
     def on_upload(path):
         # Outputs: editor, the three results, status, the upload box (reset so that the next file can be dropped).

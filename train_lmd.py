@@ -30,8 +30,14 @@ from typing import Any
 import transformers
 from transformers import HfArgumentParser, set_seed
 
-from modeling_lmd import MASK_SCHEDULES, PRESETS, LMDConfig, LMDForPreTraining, LMDImageProcessor
-from modeling_lmd.modeling_lmd import read_vae_config
+from modeling_lmd import (
+    MASK_SCHEDULES,
+    PRESETS,
+    LMDConfig,
+    LMDForPreTraining,
+    LMDImageProcessor,
+    LMDReconstructionPipeline,
+)
 from modeling_lmd.data import (
     STREAMED_EVAL_SAMPLES,
     ImageDataset,
@@ -51,6 +57,7 @@ from modeling_lmd.metrics import save_reconstruction_grid
 from modeling_lmd.model_card import render_model_card
 from modeling_lmd.pretrained import DEMO_VAE
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments, last_complete_checkpoint, total_train_batch_size
+from modeling_lmd.vae_lmd import read_vae_config
 
 
 logger = logging.getLogger("train_lmd")
@@ -363,10 +370,15 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
                        has_curves)
     trainer.model_card_text = render_model_card(trainer.lmd_model, training_args, metrics, facts,
                                                 data_args.model_card_template)
-    if training_args.push_to_hub:  # saves the model and processor, writes README.md, uploads the output folder
+    if trainer.is_world_process_zero():
+        # The pipeline saves the model, the image processor and its own code with config.json's `custom_pipelines`
+        # entry, so `pipeline(model=..., trust_remote_code=True)` works without this package.
+        pipe = LMDReconstructionPipeline(model=trainer.lmd_model, image_processor=trainer.processing_class,
+                                         device=trainer.lmd_model.device)
+        pipe.save_pretrained(training_args.output_dir)
+    if training_args.push_to_hub:  # saves the model and processor again, writes README.md, uploads the output folder
         trainer.push_to_hub(commit_message=f"LMD pre-training: {trainer.state.global_step} steps")
     else:
-        trainer.save_model()
         trainer.create_model_card()
     return metrics
 

@@ -27,7 +27,7 @@ from modeling_lmd.trainer import LMDTrainingArguments
 
 def pixel_mae_config(lmd: LMDConfig) -> ViTMAEConfig:
     """A ViTMAE with the LMD config's widths and depths and its patch grid, on pixels."""
-    grid = lmd.latent_size // lmd.patch_size
+    grid = lmd.grid_size
     return ViTMAEConfig(
         image_size=lmd.image_size, patch_size=lmd.image_size // grid, hidden_size=lmd.hidden_size,
         num_hidden_layers=lmd.num_hidden_layers, num_attention_heads=lmd.num_attention_heads,

@@ -14,6 +14,7 @@ from modeling_lmd.metrics import psnr, seeded_generators
 from modeling_lmd.modeling_lmd import paint_hidden_pixels
 from modeling_lmd.pretrained import DEMO_VAE
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
+from modeling_lmd.reconstruction_lmd import reconstruct
 
 
 RATIO = 0.75
@@ -59,7 +60,7 @@ def lmd_psnr(model, pixels: torch.Tensor, ratio: float = RATIO, batch_size: int 
     for start in range(0, len(pixels), batch_size):
         batch = pixels[start : start + batch_size].to(model.device)
         generators = seeded_generators([derive_seed("eval", 0, start + i) for i in range(len(batch))])
-        out = model.reconstruct(batch, mask_ratio=ratio, generator=generators)
+        out = reconstruct(model, batch, mask_ratio=ratio, generator=generators)
         values.append(psnr(out.reconstruction, batch, out.pixel_mask).cpu())
     model.train()
     return float(torch.cat(values).mean())
@@ -69,7 +70,7 @@ def references(pixels: torch.Tensor, vae: str = DEMO_VAE) -> dict:
     """The mean-colour fill and the VAE alone on the evaluation masks at `RATIO` (what every curve is drawn against)."""
     model = LMDForPreTraining.from_vae(vae, preset="lmd-small")
     generators = seeded_generators([derive_seed("eval", 0, i) for i in range(len(pixels))])
-    masked = model.reconstruct(pixels, mask_ratio=RATIO, generator=generators)
+    masked = reconstruct(model, pixels, mask_ratio=RATIO, generator=generators)
     vae_alone = model.lmd.decode_latents(model.lmd.encode_images(pixels))
     painted = paint_hidden_pixels(pixels, masked.pixel_mask)
     return {"pixel_mean_fill_psnr": float(psnr(painted, pixels, masked.pixel_mask).mean()),

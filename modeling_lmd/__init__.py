@@ -2,8 +2,9 @@
 
 Importing the package registers the LMD classes with the transformers Auto classes (`AutoModel` -> `LMDModel`,
 `AutoModelForPreTraining` -> `LMDForPreTraining`, `AutoModelForImageClassification`, `AutoImageProcessor`) and the
-`"lmd-reconstruction"` task with `PIPELINE_REGISTRY`, and marks the classes so that every saved checkpoint carries
-`auto_map` and its code (loadable with `trust_remote_code=True` where this package is not installed).
+`"lmd-reconstruction"` task with `PIPELINE_REGISTRY`, and marks the classes so that every saved model, processor and
+pipeline carries its code (every `LMDConfig` carries `auto_map`), loadable with `trust_remote_code=True` where this
+package is not installed.
 """
 
 from transformers import (
@@ -25,10 +26,10 @@ from .modeling_lmd import (
     LMDModel,
     LMDModelOutput,
     LMDPreTrainedModel,
-    LMDReconstructionOutput,
-    load_pretrained_vae,
 )
 from .pipeline_lmd import TASK, LMDReconstructionPipeline
+from .reconstruction_lmd import LMDReconstructionOutput, reconstruct
+from .vae_lmd import load_pretrained_vae
 
 
 AutoConfig.register(LMDConfig.model_type, LMDConfig, exist_ok=True)
@@ -64,4 +65,5 @@ __all__ = [
     "PRESETS",
     "load_pretrained_vae",
     "mask_ratio_at",
+    "reconstruct",
 ]

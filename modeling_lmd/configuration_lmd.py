@@ -7,13 +7,29 @@ from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 from transformers.utils import logging
 
-from .mask_schedulers import check_mask_schedule
+from .mask_schedulers import check_mask_ratio, check_mask_schedule
 
 
 logger = logging.get_logger(__name__)
 
 
+#: The diffusers VAE classes LMD works on (`vae_lmd.VAE_CLASSES` maps them to the classes).
 VAE_TYPES = ("AutoencoderKL", "VQModel", "AutoencoderTiny")
+
+#: The order in which progressive un-masking reveals hidden patches (`reconstruction_lmd`).
+REVEAL_ORDERS = ("random", "nearest")
+
+#: How `LMDForImageClassification` pools the encoder output.
+CLASSIFIER_POOLINGS = ("mean", "cls")
+
+#: What every saved LMD config maps the Auto classes to, so that each head loads from any LMD checkpoint with
+#: `trust_remote_code=True` where this package is not installed (the code files travel with the weights).
+AUTO_MAP = {
+    "AutoConfig": "configuration_lmd.LMDConfig",
+    "AutoModel": "modeling_lmd.LMDModel",
+    "AutoModelForPreTraining": "modeling_lmd.LMDForPreTraining",
+    "AutoModelForImageClassification": "modeling_lmd.LMDForImageClassification",
+}
 
 # Stable Diffusion v1's KL-f8 autoencoder (the VAE of the paper, also stabilityai/sd-vae-ft-mse):
 # 4 latent channels, 8x downsampling, so 224 px images become 4 x 28 x 28 latents.
@@ -165,8 +181,15 @@ class LMDConfig(PreTrainedConfig):
             The ratios the schedule starts from and ends at.
         classifier_pooling (`str`, defaults to `"mean"`):
             How [`LMDForImageClassification`] pools the encoder output: `"mean"` over patch tokens or `"cls"`.
+        vae_name_or_path (`str`, *optional*), vae_subfolder (`str`, *optional*):
+            Where the VAE's weights can be loaded from (a Hub id or a folder, and the subfolder inside it);
+            `from_vae` records a Hub id.
+        vae_in_checkpoint (`bool`, defaults to `True`):
+            Save the VAE's weights in every checkpoint (self-contained, works offline). With `False` checkpoints
+            hold only the ViT, and `from_pretrained` loads the VAE from `vae_name_or_path`.
 
-    Derived (read-only) properties: `latent_channels`, `latent_size`, `num_patches`, `vae_downsampling_factor`.
+    Derived (read-only) properties: `latent_channels`, `latent_size`, `vae_downsampling_factor`, and the patch
+    geometry: `patch_pixels` (pixels per latent patch side), `grid_size` (patches per side), `num_patches`.
     Every field is checked when the config is built (`@strict` validators): a bad value raises an error that names
     the field, what was expected and what came.
 
@@ -205,6 +228,9 @@ class LMDConfig(PreTrainedConfig):
     mask_ratio_start: float | int = 0.15
     mask_ratio_end: float | int = 0.75
     classifier_pooling: str = "mean"
+    vae_name_or_path: str | None = None
+    vae_subfolder: str | None = None
+    vae_in_checkpoint: bool = True
 
     def __post_init__(self, **kwargs):
         if self.vae_config is None:
@@ -213,11 +239,11 @@ class LMDConfig(PreTrainedConfig):
             # Keep only what the VAE constructor takes; diffusers' bookkeeping keys ("_class_name", ...) go.
             self.vae_config = {k: v for k, v in dict(self.vae_config).items() if not k.startswith("_")}
         super().__post_init__(**kwargs)
+        self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def validate_vae(self):
         """Part of `@strict` validation: a supported VAE whose latent grid the patches tile."""
-        if self.vae_type not in VAE_TYPES:
-            raise ValueError(f"Unknown vae_type {self.vae_type!r}; expected one of {', '.join(VAE_TYPES)}.")
+        check_choice("vae_type", self.vae_type, VAE_TYPES)
         if self.image_size <= 0 or self.patch_size <= 0:
             raise ValueError(
                 f"`image_size` and `patch_size` must be positive, got {self.image_size} and {self.patch_size}."
@@ -232,14 +258,15 @@ class LMDConfig(PreTrainedConfig):
                 f"`patch_size` ({self.patch_size}) must divide the latent size ({self.latent_size} = image_size "
                 f"{self.image_size} / VAE factor {factor})."
             )
+        if not self.vae_in_checkpoint and not self.vae_name_or_path:
+            raise ValueError("`vae_in_checkpoint=False` needs `vae_name_or_path` (a Hub id or folder) to load the VAE "
+                             "from; without it a checkpoint would lose its VAE.")
 
     def validate_masking(self):
         """Part of `@strict` validation: a known schedule and ratios in [0, 1) with start <= end."""
         check_mask_schedule(self.mask_schedule)
         for name in ("mask_ratio", "mask_ratio_start", "mask_ratio_end"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"`{name}` must be in [0, 1), got {value}.")
+            check_mask_ratio(getattr(self, name), f"`{name}`")
         if self.visible_loss_weight < 0:
             raise ValueError(f"`visible_loss_weight` must be >= 0, got {self.visible_loss_weight}.")
         if self.mask_ratio_start > self.mask_ratio_end:
@@ -268,8 +295,7 @@ class LMDConfig(PreTrainedConfig):
                 "2D sin-cos position embeddings need widths divisible by 4, got "
                 f"hidden_size={self.hidden_size}, decoder_hidden_size={self.decoder_hidden_size}."
             )
-        if self.classifier_pooling not in ("mean", "cls"):
-            raise ValueError(f"`classifier_pooling` must be 'mean' or 'cls', got {self.classifier_pooling!r}.")
+        check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
 
     @property
     def vae_downsampling_factor(self) -> int:
@@ -284,8 +310,18 @@ class LMDConfig(PreTrainedConfig):
         return self.image_size // self.vae_downsampling_factor
 
     @property
+    def patch_pixels(self) -> int:
+        """Pixels per side of one latent patch: the latent patch times the VAE's downsampling factor."""
+        return self.patch_size * self.vae_downsampling_factor
+
+    @property
+    def grid_size(self) -> int:
+        """Patches per side at `image_size`."""
+        return self.latent_size // self.patch_size
+
+    @property
     def num_patches(self) -> int:
-        return (self.latent_size // self.patch_size) ** 2
+        return self.grid_size**2
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "LMDConfig":
@@ -299,6 +335,12 @@ class LMDConfig(PreTrainedConfig):
         config = cls(**{**copy.deepcopy(PRESETS[name]), **overrides})
         check_preset_fits_vae(name, config)
         return config
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """Raise `ValueError` naming `name`, the allowed `choices` and the `value` that came."""
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {', '.join(map(repr, choices))}, got {value!r}.")
 
 
 def check_preset_fits_vae(name: str, config: LMDConfig) -> None:

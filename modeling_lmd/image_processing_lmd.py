@@ -4,6 +4,7 @@ Shipped as remote code next to every checkpoint, so it imports only numpy, PIL, 
 """
 
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -15,16 +16,30 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 
 
-def load_image_file(path: str | os.PathLike) -> PIL.Image.Image:
-    """Open an image file, with a clear error for a missing or unreadable path; EXIF rotation is applied."""
+def load_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Image.Image:
+    """Open an image file with EXIF rotation applied, or say which of the ways it failed: no file
+    (`FileNotFoundError`), not an image, more than `max_pixels` (or PIL's decompression-bomb limit) by its header
+    before any pixel is decoded, or damaged pixel data (`ValueError`)."""
     path = os.fspath(path)
+    name = f"'{os.path.basename(path)}'"
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"No image file at {path!r}.")
+        raise FileNotFoundError(f"No file at {path!r}.")
     try:
-        image = PIL.Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            image = PIL.Image.open(path)  # reads the header only
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
+        raise ValueError(f"{name} is far too large (over {PIL.Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels).") from None
+    except Exception as error:  # noqa: BLE001 - PIL raises several unrelated types for non-image files
+        raise ValueError(f"{name} is not an image file that can be read (PNG, JPEG, WebP, TIFF, BMP, GIF, ...): "
+                         f"{error}") from None
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ValueError(f"{name} is {image.width}x{image.height} pixels ({image.width * image.height / 1e6:.1f} "
+                         f"megapixels): too large. The limit is {max_pixels / 1e6:.0f} megapixels; please downscale it.")
+    try:
         image.load()
-    except Exception as error:  # PIL raises several unrelated types for corrupt or non-image files
-        raise ValueError(f"Could not read {path!r} as an image: {error}") from error
+    except Exception as error:  # noqa: BLE001 - truncated or corrupt pixel data, several types
+        raise ValueError(f"{name} looks like an image but could not be decoded (damaged file?): {error}") from None
     return PIL.ImageOps.exif_transpose(image)
 
 

@@ -25,6 +25,17 @@ def check_mask_schedule(schedule: str) -> None:
         raise ValueError(f"Unknown mask schedule {schedule!r}; expected one of {', '.join(MASK_SCHEDULES)}.")
 
 
+def check_mask_ratio(value: float, name: str = "mask_ratio") -> None:
+    """Raise `ValueError` unless `value` is a share of patches to hide in [0, 1): hiding every patch leaves nothing
+    to reconstruct from. The one place this range is checked (config, model, pipeline and app call it)."""
+    try:
+        valid = 0.0 <= float(value) < 1.0
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{name} must be in [0, 1), got {value}.")
+
+
 def mask_ratio_at(
     schedule: str, step: int, total_steps: int, start: float = 0.15, end: float = 0.75
 ) -> float:
@@ -50,8 +61,10 @@ def mask_ratio_at(
         raise ValueError(f"`step` must be >= 0, got {step}.")
     if total_steps <= 0:
         raise ValueError(f"`total_steps` must be > 0, got {total_steps}.")
-    if not (0.0 <= start <= end < 1.0):
-        raise ValueError(f"Expected 0 <= start <= end < 1, got start={start}, end={end}.")
+    check_mask_ratio(start, "start")
+    check_mask_ratio(end, "end")
+    if start > end:
+        raise ValueError(f"Expected start <= end, got start={start}, end={end}.")
 
     span = end - start
     t, T = float(step), float(total_steps)

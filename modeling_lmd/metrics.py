@@ -1,11 +1,13 @@
 """How well LMD fills hidden regions, next to the references a sceptic asks for.
 
-`reconstruction_metrics` scores a batch on fixed masks, one value per image, pixel space ([0, 1]), hidden region:
+`reconstruction_metrics` scores a batch on fixed masks, one value per image, pixel space ([0, 1]), hidden region,
+through the calls a user makes (`reconstruct` once per setting, the baselines' own functions):
 
 - `masked_psnr`: the model in the leak-free setting (`reconstruct` from pixels: hidden pixels are painted over
   before the VAE sees the image, so nothing under the mask reaches the output);
-- `masked_psnr_latent_masking`: the model in the paper's setting (the whole image encoded, latent patches hidden
-  afterwards; the VAE's receptive field lets visible latents carry some hidden pixels, so this flatters);
+- `masked_psnr_latent_masking`: the model in the paper's setting (`reconstruct` from the whole image's latents,
+  latent patches hidden afterwards; the VAE's receptive field lets visible latents carry some hidden pixels, so
+  this flatters);
 - `pixel_mean_fill_psnr`: hidden pixels painted with the mean colour of the visible ones (the trivial baseline);
 - `latent_mean_fill_psnr`: hidden latent patches set to the mean visible latent, decoded;
 - `vae_psnr`: the VAE's own reconstruction (the ceiling: the model decodes through the same VAE);
@@ -24,7 +26,9 @@ import torch
 from diffusers.utils import make_image_grid
 from PIL import Image
 
-from .modeling_lmd import paint_hidden_pixels, uniform_noise
+from .image_processing_lmd import LMDImageProcessor
+from .modeling_lmd import num_visible_patches, paint_hidden_pixels, random_patch_mask
+from .reconstruction_lmd import reconstruct, uniform_noise
 
 
 #: The per-image metrics of `reconstruction_metrics`, in the order `LMDTrainer.prediction_step` stacks them.
@@ -103,20 +107,23 @@ def reconstruction_metrics(
     if latents is None:
         latents = model.lmd.encode_images(pixel_values)
     latents = latents.to(device=model.device, dtype=model.dtype)
-    noise = mask_noise(mask_seeds, model.config.num_patches, model.device)
-    forward = model(latents=latents, mask_ratio=ratio, noise=noise)
+    num_patches = model.config.num_patches
+    # The masks `reconstruct` draws first from each image's generator, so every setting hides the same patches.
+    patch_mask = random_patch_mask(mask_noise(mask_seeds, num_patches, model.device),
+                                   num_visible_patches(ratio, num_patches))
+    forward = model(latents=latents, patch_mask=patch_mask)
     metrics = {"loss": model.forward_loss(latents, forward.logits, forward.mask, per_sample=True)}
     nan = torch.full_like(metrics["loss"], float("nan"))
     if pixel_values is None:
         return {name: metrics.get(name, nan) for name in METRIC_NAMES}
 
     pixel_values = pixel_values.to(model.device)
-    leak_free = model.reconstruct(pixel_values, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
-                                  **reconstruct_kwargs)
+    leak_free = reconstruct(model, pixel_values, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
+                            **reconstruct_kwargs)
     pixel_only = ("mask_dilation", "blend_radius", "colour_correction")
     latent_kwargs = {k: v for k, v in reconstruct_kwargs.items() if k not in pixel_only}
-    latent_masking = model.reconstruct(latents=latents, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
-                                       **latent_kwargs)
+    latent_masking = reconstruct(model, latents=latents, mask_ratio=ratio, generator=seeded_generators(mask_seeds),
+                                 **latent_kwargs)
     hidden, visible = leak_free.pixel_mask, 1 - leak_free.pixel_mask
     vae_alone = model.lmd.decode_latents(latents)
     latent_fill = model.lmd.decode_latents(latent_mean_fill(model, latents, leak_free.mask))
@@ -142,16 +149,15 @@ def summarize_reconstruction_metrics(eval_prediction) -> dict[str, float]:
 
 def to_pil(images: torch.Tensor, min_side: int = 96) -> list[Image.Image]:
     """`(B, 3, H, W)` in [-1, 1] -> PIL images, enlarged (nearest neighbour, integer factor) to at least `min_side`."""
-    arrays = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     scale = max(1, math.ceil(min_side / max(images.shape[-2:])))
-    pictures = [Image.fromarray(array.permute(1, 2, 0).numpy()) for array in arrays]
-    return [p.resize((p.width * scale, p.height * scale), Image.NEAREST) for p in pictures]
+    return [p.resize((p.width * scale, p.height * scale), Image.NEAREST)
+            for p in LMDImageProcessor().postprocess(images)]
 
 
 def save_reconstruction_grid(path: str, model, pixel_values: torch.Tensor, mask_seeds, **kwargs) -> Image.Image:
     """MAE's four panels per row: original | masked | reconstruction (the raw decode) | reconstruction with the
     visible pixels pasted back. `kwargs` go to `reconstruct` (e.g. `mask_ratio`, `num_inference_steps`)."""
-    out = model.reconstruct(pixel_values.to(model.device), generator=seeded_generators(mask_seeds), **kwargs)
+    out = reconstruct(model, pixel_values.to(model.device), generator=seeded_generators(mask_seeds), **kwargs)
     rows = [to_pil(images) for images in (pixel_values, out.masked_images, out.decoded, out.reconstruction)]
     cells = [cell for row in zip(*rows) for cell in row]  # row-major: one image per row
     grid = make_image_grid(cells, rows=len(pixel_values), cols=4)

@@ -1,7 +1,8 @@
 """The `"lmd-reconstruction"` pipeline: masked reconstruction and inpainting with an LMD pre-training model.
 
 Shipped as remote code next to every `LMDForPreTraining` checkpoint (config.json's `custom_pipelines` points here),
-so it imports only numpy, torch, transformers and the sibling image processor.
+so it imports only numpy, torch, transformers and its sibling modules. The reconstruction itself is
+`reconstruction_lmd.reconstruct`; this file turns user inputs into its arguments and its outputs into images.
 """
 
 from typing import Any
@@ -10,12 +11,11 @@ import torch
 from transformers import Pipeline
 
 from .image_processing_lmd import LMDImageProcessor, to_rgb_image
+from .mask_schedulers import check_mask_ratio
+from .reconstruction_lmd import reconstruct
 
 
 TASK = "lmd-reconstruction"
-# What config.json's `custom_pipelines` holds for the task: the pipeline file and the Auto class of its model.
-CUSTOM_PIPELINE_ENTRY = {"impl": "pipeline_lmd.LMDReconstructionPipeline", "pt": ["AutoModelForPreTraining"],
-                         "type": "image"}
 
 
 class LMDReconstructionPipeline(Pipeline):
@@ -25,7 +25,7 @@ class LMDReconstructionPipeline(Pipeline):
     Without `mask`, a random `mask_ratio` of patches is hidden; with `seed`, image `i` of a call gets the mask drawn
     from `(seed, i)`, so batching (`batch_size`) changes nothing. With `mask` (inpainting), the latent patches that
     the mask touches are hidden and filled by the model. Either way nothing under the mask reaches the output, and
-    the visible pixels are the input's own (see [`LMDForPreTraining.reconstruct`]).
+    the visible pixels are the input's own (see `reconstruction_lmd.reconstruct`).
 
     Inputs: a path, PIL image, numpy array or tensor, a `{"image": ..., "mask": ...}` dict, or a list of those.
     Options: `mask_ratio`, `seed`, `mask`, `num_inference_steps` (progressive un-masking), `reveal_order`.
@@ -75,8 +75,8 @@ class LMDReconstructionPipeline(Pipeline):
                              reveal_order=None, **kwargs):
         if kwargs:
             raise TypeError(f"Unexpected arguments for {TASK}: {', '.join(sorted(kwargs))}.")
-        if mask_ratio is not None and not 0.0 <= float(mask_ratio) < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}.")
+        if mask_ratio is not None:
+            check_mask_ratio(mask_ratio)
         if mask is not None and mask_ratio is not None:
             raise ValueError("Pass either `mask` (inpainting) or `mask_ratio` (random masking), not both.")
         preprocess_params = {}
@@ -103,33 +103,14 @@ class LMDReconstructionPipeline(Pipeline):
         model_inputs = {"pixel_values": pixel_values.to(self.dtype or torch.float32), "seed": torch.tensor([image_seed])}
         if mask is not None:
             pixel_mask = self.image_processor.preprocess_mask(mask, (image.height, image.width))
-            model_inputs["patch_mask"] = self.patch_mask_from_pixels(torch.from_numpy(pixel_mask))[None]
+            model_inputs["patch_mask"] = self.model.patch_mask(torch.from_numpy(pixel_mask)[None])
         return model_inputs
-
-    def patch_mask_from_pixels(self, pixel_mask: torch.Tensor) -> torch.Tensor:
-        """`(H, W)` boolean at the model's resolution -> `(L,)` boolean: a patch is hidden if any pixel is."""
-        config = self.model.config
-        grid = config.latent_size // config.patch_size
-        height, width = pixel_mask.shape
-        if height != config.image_size or width != config.image_size or height % grid != 0:
-            raise ValueError(
-                f"The processed mask is {height}x{width}; the model works on {config.image_size}x{config.image_size}."
-            )
-        side = height // grid  # pixels per latent patch side: patch_size * VAE factor
-        cells = pixel_mask.reshape(grid, side, grid, side).any(dim=3).any(dim=1)
-        patch_mask = cells.reshape(-1)
-        if bool(patch_mask.all()):
-            raise ValueError(
-                "The mask touches every latent patch, so nothing of the image would stay visible; "
-                f"leave at least one {side}x{side}-pixel cell (at {height}x{width}) unmasked."
-            )
-        return patch_mask
 
     def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, num_inference_steps: int = 1,
                  reveal_order: str = "random") -> dict[str, torch.Tensor]:
         generators = [torch.Generator().manual_seed(int(seed)) for seed in model_inputs["seed"]]
-        output = self.model.reconstruct(
-            model_inputs["pixel_values"], mask_ratio=mask_ratio, patch_mask=model_inputs.get("patch_mask"),
+        output = reconstruct(
+            self.model, model_inputs["pixel_values"], mask_ratio=mask_ratio, patch_mask=model_inputs.get("patch_mask"),
             generator=generators, num_inference_steps=num_inference_steps, reveal_order=reveal_order,
         )
         return {key: output[key] for key in ("reconstruction", "decoded", "masked_images", "mask", "pixel_mask")}
@@ -145,4 +126,4 @@ class LMDReconstructionPipeline(Pipeline):
         }
 
 
-__all__ = ["CUSTOM_PIPELINE_ENTRY", "LMDReconstructionPipeline", "TASK"]
+__all__ = ["LMDReconstructionPipeline", "TASK"]

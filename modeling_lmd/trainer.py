@@ -111,6 +111,7 @@ class LMDTrainer(Trainer):
         self._checked_batches = 0
         self._noise_step = -1
         self._noise_micro_batch = 0
+        self._eval_batches_seen = 0  # numbers the batches of one evaluation whose dataset has no per-image seeds
         base_lr = getattr(self.args, "base_learning_rate", None)
         if base_lr is not None:
             total = total_train_batch_size(self.args)
@@ -186,25 +187,22 @@ class LMDTrainer(Trainer):
     # --- evaluation ------------------------------------------------------------------------------
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """One evaluation batch -> `(None, per-image metrics (B, len(METRIC_NAMES)), hidden patches per image (B,))`.
+        """One evaluation batch -> `(None, per-image metrics (B, len(METRIC_NAMES)), mask seeds (B,))`.
 
         The metrics are the columns of `METRIC_NAMES`, averaged by `summarize_reconstruction_metrics` (its `loss`
-        becomes `eval_loss`); the "labels" are what each image had to fill, the number of hidden patches.
+        becomes `eval_loss`). The "labels" are the seeds each image's mask was drawn from (the Trainer calls
+        `compute_metrics` only when there are labels).
         """
         inputs = self._prepare_inputs(inputs)
-        lmd_model = self.lmd_model
         batch = inputs.get("latents", inputs.get("pixel_values"))
         mask_seeds = inputs.get("mask_seed")
         if mask_seeds is None:  # a dataset without per-image seeds: fixed, but tied to the batch order
-            self._eval_batches_seen = getattr(self, "_eval_batches_seen", 0) + 1
-            mask_seeds = [derive_seed("eval", self.args.eval_seed, self._eval_batches_seen, self.args.process_index, i)
-                          for i in range(batch.shape[0])]
-        metrics = reconstruction_metrics(lmd_model, inputs.get("pixel_values"), mask_seeds,
+            self._eval_batches_seen += 1
+            mask_seeds = torch.tensor([derive_seed("eval", self.args.eval_seed, self._eval_batches_seen,
+                                                   self.args.process_index, i) for i in range(batch.shape[0])])
+        metrics = reconstruction_metrics(self.lmd_model, inputs.get("pixel_values"), mask_seeds,
                                          latents=inputs.get("latents"))
-        per_image = torch.stack([metrics[name].float() for name in METRIC_NAMES], dim=1)
-        num_hidden = torch.full((batch.shape[0],), lmd_model.config.num_patches
-                                - lmd_model.lmd.num_visible_patches(lmd_model.config.mask_ratio), device=batch.device)
-        return None, per_image, num_hidden
+        return None, torch.stack([metrics[name].float() for name in METRIC_NAMES], dim=1), mask_seeds.to(batch.device)
 
     def summarize_evaluation(self, eval_prediction) -> dict[str, float]:
         """The default `compute_metrics`: the image means of every metric, and the mask ratio they were taken at."""

@@ -14,7 +14,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from diffusers import AutoencoderKL  # noqa: E402
 
-from modeling_lmd import LMDConfig, LMDForPreTraining  # noqa: E402
+from modeling_lmd import LMDConfig, LMDForPreTraining, LMDReconstructionPipeline  # noqa: E402
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG  # noqa: E402
 
 
@@ -41,9 +41,10 @@ def tiny_model(tiny_config) -> LMDForPreTraining:
 
 @pytest.fixture
 def tiny_checkpoint(tiny_model, tmp_path):
-    """A saved tiny LMD pre-training checkpoint folder (config, safetensors, processor, pipeline and remote code)."""
+    """A saved tiny LMD pre-training checkpoint folder, saved through its pipeline as `train_lmd.py` saves one:
+    config, safetensors, image processor, the pipeline's `custom_pipelines` entry, and all the remote code."""
     path = tmp_path / "tiny-lmd"
-    tiny_model.save_pretrained(path)
+    LMDReconstructionPipeline(model=tiny_model, device="cpu").save_pretrained(path)
     return path
 
 

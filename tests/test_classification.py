@@ -10,7 +10,7 @@ from transformers import AutoModelForImageClassification, pipeline
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from conftest import random_images
-from modeling_lmd import LMDConfig, LMDForImageClassification, LMDModel
+from modeling_lmd import LMDConfig, LMDForImageClassification, LMDImageProcessor, LMDModel
 from subprocess_helpers import FLOAT_ATOL, run_without_package
 
 HEAD_KEYS = {"fc_norm.weight", "fc_norm.bias", "classifier.weight", "classifier.bias"}
@@ -64,7 +64,6 @@ def test_cls_pooling_and_labels_in_config(tiny_checkpoint, tmp_path):
     model.save_pretrained(tmp_path / "clf")
     saved = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert saved["id2label"] == {"0": "cat", "1": "dog"} and saved["classifier_pooling"] == "cls"
-    assert "lmd-reconstruction" not in saved.get("custom_pipelines", {})  # it belongs to pre-training checkpoints
     assert saved["auto_map"]["AutoModelForImageClassification"] == "modeling_lmd.LMDForImageClassification"
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "clf")
     assert isinstance(reloaded, LMDForImageClassification) and reloaded.config.id2label[1] == "dog"
@@ -82,7 +81,8 @@ def test_trainer_fits_a_tiny_set(classifier, tmp_path):
         output_dir=str(tmp_path / "out"), max_steps=30, per_device_train_batch_size=12, learning_rate=3e-3,
         report_to="none", save_strategy="no", use_cpu=True, logging_steps=10, disable_tqdm=True,
     )
-    trainer = Trainer(model=classifier, args=args, train_dataset=dataset)
+    processor = LMDImageProcessor.from_model_config(classifier.config)
+    trainer = Trainer(model=classifier, args=args, train_dataset=dataset, processing_class=processor)
     trainer.train()
     with torch.no_grad():
         predictions = classifier(latents=latents).logits.argmax(-1)
@@ -95,6 +95,7 @@ def test_image_classification_pipeline_in_process_and_remote(classifier, tmp_pat
     classifier.config.id2label = {0: "a", 1: "b", 2: "c"}
     classifier.config.label2id = {"a": 0, "b": 1, "c": 2}
     classifier.save_pretrained(tmp_path / "clf")
+    LMDImageProcessor.from_model_config(classifier.config).save_pretrained(tmp_path / "clf")
     image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
     image.save(tmp_path / "image.png")
     classify = pipeline("image-classification", model=str(tmp_path / "clf"), trust_remote_code=False)

@@ -14,6 +14,8 @@ from transformers import AutoConfig, AutoModel, AutoModelForImageClassification,
 
 from modeling_lmd import LMDConfig, LMDForImageClassification, LMDForPreTraining, LMDModel
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
+from modeling_lmd.modeling_lmd import num_visible_patches, random_patch_mask
+from modeling_lmd.reconstruction_lmd import reconstruct
 
 
 TINY_VQ_F4_VAE_CONFIG = {
@@ -102,7 +104,7 @@ def test_a_saved_checkpoint_config_reloads_equal_to_itself(tiny_model, tiny_chec
     saved = json.loads((tiny_checkpoint / "config.json").read_text())
     assert saved["custom_pipelines"]["lmd-reconstruction"]["pt"] == ["AutoModelForPreTraining"]
     reloaded = LMDConfig.from_pretrained(tiny_checkpoint)
-    assert reloaded.to_dict() == tiny_model.config.to_dict()
+    assert reloaded.to_json_string() == tiny_model.config.to_json_string()
     assert reloaded.custom_pipelines == saved["custom_pipelines"] and reloaded.auto_map == saved["auto_map"]
 
 
@@ -124,10 +126,10 @@ def test_config_overrides_use_update_from_string_and_are_validated():
         ({"mask_ratio_start": -0.1}, r"mask_ratio_start` must be in \[0, 1\)"),
         ({"mask_ratio_start": 0.8, "mask_ratio_end": 0.5}, "must not exceed"),
         ({"mask_schedule": "linear"}, "expected one of uniform, piecewise, cosine, constant"),
-        ({"vae_type": "AutoencoderXL"}, "expected one of AutoencoderKL, VQModel, AutoencoderTiny"),
+        ({"vae_type": "AutoencoderXL"}, "`vae_type` must be one of 'AutoencoderKL', 'VQModel', 'AutoencoderTiny', got 'AutoencoderXL'"),
         ({"num_attention_heads": 3}, r"hidden_size` \(32\) must be divisible by `num_attention_heads` \(3\)"),
         ({"hidden_size": 0}, "positive"),
-        ({"classifier_pooling": "max"}, "'mean' or 'cls'"),
+        ({"classifier_pooling": "max"}, "must be one of 'mean', 'cls', got 'max'"),
     ],
 )
 def test_bad_config_values_raise_naming_what_was_expected(overrides, message):
@@ -263,7 +265,8 @@ def test_reconstruct_from_latents_keeps_visible_latents_and_fills_hidden_ones(ti
     """The paper's setting (latents only): composite latents = input where visible, prediction where hidden."""
     latents = tiny_model.lmd.encode_images(random_images(2))
     noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(0))
-    out = tiny_model.reconstruct(latents=latents, mask_ratio=0.5, noise=noise)
+    patch_mask = random_patch_mask(noise, num_visible_patches(0.5, 16))
+    out = reconstruct(tiny_model, latents=latents, patch_mask=patch_mask)
     assert out.reconstruction.shape == (2, 3, 32, 32) and out.reconstruction.abs().max() <= 1
     assert torch.equal(out.mask, tiny_model(latents=latents, mask_ratio=0.5, noise=noise).mask)
     visible = ~out.mask.bool()
@@ -275,10 +278,10 @@ def test_reconstruct_from_latents_keeps_visible_latents_and_fills_hidden_ones(ti
 
 def test_reconstruct_from_pixels_is_seeded_and_greys_the_hidden_region(tiny_model):
     images = random_images(2)
-    out = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    out = reconstruct(tiny_model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
     assert out.mask.sum(dim=1).tolist() == [8, 8]
     assert torch.equal(out.masked_images, images * (1 - out.pixel_mask))
-    again = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    again = reconstruct(tiny_model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out.reconstruction, again.reconstruction)
 
 
@@ -287,13 +290,13 @@ def test_reconstruct_with_explicit_patch_masks_of_different_sizes(tiny_model):
     patch_mask[0, [0, 5, 15]] = True
     patch_mask[1, 3] = True
     images = random_images(2)
-    together = tiny_model.reconstruct(images, patch_mask=patch_mask)
+    together = reconstruct(tiny_model, images, patch_mask=patch_mask)
     assert torch.equal(together.mask.bool(), patch_mask)
     for i in range(2):  # batched inpainting with unequal hidden counts equals one image at a time
-        alone = tiny_model.reconstruct(images[i : i + 1], patch_mask=patch_mask[i : i + 1])
+        alone = reconstruct(tiny_model, images[i : i + 1], patch_mask=patch_mask[i : i + 1])
         torch.testing.assert_close(together.reconstruction[i : i + 1], alone.reconstruction, rtol=0, atol=1e-5)
-    with pytest.raises(ValueError, match="hides every patch"):
-        tiny_model.reconstruct(images[:1], patch_mask=torch.ones(1, 16, dtype=torch.bool))
+    with pytest.raises(ValueError, match="touches every latent patch"):
+        reconstruct(tiny_model, images[:1], patch_mask=torch.ones(1, 16, dtype=torch.bool))
 
 
 # --- the base model, attention, other resolutions --------------------------------------------------
@@ -331,7 +334,7 @@ def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_ch
     pretraining = LMDForPreTraining.from_pretrained(tiny_checkpoint)
     out = pretraining(pixel_values=images, mask_ratio=0.5, interpolate_pos_encoding=True)
     assert out.logits.shape == (2, 64, 16) and out.mask.sum() == 64 and torch.isfinite(out.loss)
-    rec = pretraining.reconstruct(images, mask_ratio=0.5, interpolate_pos_encoding=True)
+    rec = reconstruct(pretraining, images, mask_ratio=0.5, interpolate_pos_encoding=True)
     assert rec.reconstruction.shape == (2, 3, 64, 64) and rec.pixel_mask.shape == (2, 1, 64, 64)
     classifier = LMDForImageClassification.from_pretrained(tiny_checkpoint, num_labels=3)
     assert classifier(pixel_values=images, interpolate_pos_encoding=True).logits.shape == (2, 3)
@@ -342,7 +345,7 @@ def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_ch
     torch.testing.assert_close(pretraining.lmd(pixel_values=same).last_hidden_state,
                                pretraining.lmd(pixel_values=same, interpolate_pos_encoding=True).last_hidden_state)
     for model in (pretraining, pretraining.lmd, classifier):  # without the flag, a clear error
-        with pytest.raises(ValueError, match=r"Input image size \(64\*64\) doesn't match the model \(32\*32\)"):
+        with pytest.raises(ValueError, match=r"Expected pixel_values of shape \(batch, 3, 32, 32\), got \(2, 3, 64, 64\)"):
             model(pixel_values=images)
 
 
@@ -352,7 +355,7 @@ def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_ch
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"pixel_values": torch.zeros(2, 3, 64, 64)}, r"Input image size \(64\*64\) doesn't match the model \(32\*32\)"),
+        ({"pixel_values": torch.zeros(2, 3, 64, 64)}, r"Expected pixel_values of shape \(batch, 3, 32, 32\), got \(2, 3, 64, 64\); resize"),
         ({"pixel_values": torch.zeros(3, 32, 32)}, r"Expected pixel_values of shape \(batch, 3, 32, 32\).*got \(3, 32, 32\)"),
         ({"latents": torch.zeros(2, 3, 8, 8)}, r"Expected latents of shape \(batch, 4, 8, 8\), got \(2, 3, 8, 8\)"),
         ({}, "exactly one of"),
@@ -388,8 +391,8 @@ def test_save_and_load_round_trip_bit_exact_through_one_safetensors_file(vae_typ
     assert not list(tmp_path.glob("*.bin")) and len(list(tmp_path.glob("*.safetensors"))) == 1
     loaded = LMDForPreTraining.from_pretrained(tmp_path)
     assert_state_dicts_equal(model.state_dict(), loaded.state_dict())
-    assert torch.equal(model.lmd.embeddings.position_embeddings, loaded.lmd.embeddings.position_embeddings)
-    assert torch.equal(model.decoder.position_embeddings, loaded.decoder.position_embeddings)
+    assert torch.equal(model.lmd.embeddings.position_embeddings.table, loaded.lmd.embeddings.position_embeddings.table)
+    assert torch.equal(model.decoder.position_embeddings.table, loaded.decoder.position_embeddings.table)
     assert not any(p.requires_grad for p in loaded.lmd.vae.parameters()) and not loaded.lmd.vae.training
     images, noise = random_images(2), torch.rand(2, 16)
     assert torch.equal(model(pixel_values=images, noise=noise).logits, loaded(pixel_values=images, noise=noise).logits)

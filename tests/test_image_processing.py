@@ -61,7 +61,7 @@ def test_batches_and_paths(processor, tmp_path):
     batch = processor([str(path), PIL.Image.new("RGB", (10, 10)), np.zeros((8, 8, 3), np.uint8)], return_tensors="pt")
     assert batch["pixel_values"].shape == (3, 3, 32, 32)
     assert torch.allclose(batch["pixel_values"][0, 1], torch.ones(32, 32))  # green channel
-    with pytest.raises(FileNotFoundError, match="No image file"):
+    with pytest.raises(FileNotFoundError, match="No file at"):
         processor(str(tmp_path / "missing.png"))
     (tmp_path / "not-an-image.png").write_text("hello")
     with pytest.raises(ValueError, match="Could not read"):

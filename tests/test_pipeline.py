@@ -11,6 +11,7 @@ from transformers import pipeline
 from modeling_lmd import LMDConfig, LMDForPreTraining, LMDReconstructionPipeline
 from modeling_lmd.modeling_lmd import paint_hidden_pixels
 from subprocess_helpers import assert_images_close, run_without_package
+from modeling_lmd.reconstruction_lmd import reconstruct
 
 
 def make_image(height=40, width=50, seed=0) -> PIL.Image.Image:
@@ -108,7 +109,7 @@ def test_inpainting_hides_exactly_the_touched_patches(pipe, tiny_model):
 
     # The composited latents keep the (painted) image's latents where nothing was hidden; the model fills the rest.
     inputs = pipe.preprocess(image, mask=mask)
-    result = tiny_model.reconstruct(inputs["pixel_values"], patch_mask=inputs["patch_mask"])
+    result = reconstruct(tiny_model, inputs["pixel_values"], patch_mask=inputs["patch_mask"])
     painted = paint_hidden_pixels(inputs["pixel_values"], result.pixel_mask)
     latents = tiny_model.lmd.encode_images(painted)
     visible = ~torch.from_numpy(expected).repeat_interleave(2, 0).repeat_interleave(2, 1)

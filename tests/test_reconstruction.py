@@ -6,7 +6,15 @@ import pytest
 import torch
 from conftest import random_images
 
-from modeling_lmd.modeling_lmd import feather_mask, paint_hidden_pixels, remaining_hidden_counts
+from modeling_lmd import reconstruction_lmd
+from modeling_lmd.modeling_lmd import paint_hidden_pixels
+from modeling_lmd.reconstruction_lmd import (
+    feather_mask,
+    fill_hidden_latents,
+    predict_hidden,
+    reconstruct,
+    remaining_hidden_counts,
+)
 
 
 def scramble_hidden(images: torch.Tensor, pixel_mask: torch.Tensor, seed: int = 5) -> torch.Tensor:
@@ -21,15 +29,15 @@ def test_hidden_input_pixels_never_reach_the_output(tiny_model, steps, dilation)
     patch_mask[0, [1, 2, 6]] = True
     patch_mask[1, [9, 10, 13, 14]] = True
     kwargs = dict(patch_mask=patch_mask, num_inference_steps=steps, mask_dilation=dilation)
-    first = tiny_model.reconstruct(images, generator=torch.Generator().manual_seed(0), **kwargs)
+    first = reconstruct(tiny_model, images, generator=torch.Generator().manual_seed(0), **kwargs)
     changed = scramble_hidden(images, first.pixel_mask)
     assert not torch.equal(changed, images)
-    second = tiny_model.reconstruct(changed, generator=torch.Generator().manual_seed(0), **kwargs)
+    second = reconstruct(tiny_model, changed, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.equal(first.reconstruction, second.reconstruction)
     assert torch.equal(first.decoded, second.decoded)
     # Random masks too: the same seed hides the same patches, whatever is under them.
-    random_first = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(1))
-    random_second = tiny_model.reconstruct(scramble_hidden(images, random_first.pixel_mask), mask_ratio=0.5,
+    random_first = reconstruct(tiny_model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(1))
+    random_second = reconstruct(tiny_model, scramble_hidden(images, random_first.pixel_mask), mask_ratio=0.5,
                                            generator=torch.Generator().manual_seed(1))
     assert torch.equal(random_first.reconstruction, random_second.reconstruction)
 
@@ -37,7 +45,7 @@ def test_hidden_input_pixels_never_reach_the_output(tiny_model, steps, dilation)
 def test_visible_pixels_are_the_inputs_outside_the_feathering_band(tiny_model):
     images = random_images(2)
     radius = 3
-    out = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0),
+    out = reconstruct(tiny_model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0),
                                  blend_radius=radius, colour_correction=False)
     hidden = out.pixel_mask.bool().expand_as(images)
     # The band: visible pixels within `radius` (Chebyshev) of a hidden one.
@@ -48,7 +56,7 @@ def test_visible_pixels_are_the_inputs_outside_the_feathering_band(tiny_model):
     band = near & ~hidden
     assert not torch.equal(out.reconstruction[band], images[band])  # blended there
     # blend_radius=0 pastes every visible pixel back exactly.
-    sharp = tiny_model.reconstruct(images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0), blend_radius=0)
+    sharp = reconstruct(tiny_model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0), blend_radius=0)
     assert torch.equal(sharp.reconstruction[~hidden], images[~hidden])
 
 
@@ -83,14 +91,13 @@ def test_one_step_equals_the_one_shot_prediction(tiny_model):
     latents = tiny_model.lmd.encode_images(random_images(2))
     hidden = torch.zeros(2, 16, dtype=torch.bool)
     hidden[:, [0, 3, 5, 8, 12]] = True
-    filled = tiny_model.fill_hidden_latents(latents, hidden, num_inference_steps=1)
-    predicted = tiny_model.predict_hidden(latents, hidden)
+    filled = fill_hidden_latents(tiny_model, latents, hidden, num_inference_steps=1)
+    predicted = predict_hidden(tiny_model, latents, hidden)
     patches = tiny_model.patchify(latents)
     expected = torch.where(hidden.unsqueeze(-1), predicted, patches)
     assert torch.equal(tiny_model.patchify(filled), expected)
     # And it is what one forward pass with those patches hidden predicts.
-    noise = hidden.float() + torch.arange(16) / 32
-    logits = tiny_model(latents=latents, noise=noise, mask_ratio=5 / 16).logits
+    logits = tiny_model(latents=latents, patch_mask=hidden).logits
     torch.testing.assert_close(predicted[hidden], logits[hidden], rtol=0, atol=1e-5)
 
 
@@ -100,15 +107,15 @@ def test_each_step_reveals_the_scheduled_count_and_the_last_reveals_all(tiny_mod
     hidden = torch.zeros(2, 16, dtype=torch.bool)
     hidden[:, 4:16] = True  # 12 hidden, rows 1-3 of the 4 x 4 grid
     seen = []
-    predict = tiny_model.predict_hidden
+    predict = reconstruction_lmd.predict_hidden
 
-    def spy(step_latents, step_hidden, *args):
+    def spy(model, step_latents, step_hidden, *args):
         seen.append(step_hidden.clone())
-        return predict(step_latents, step_hidden, *args)
+        return predict(model, step_latents, step_hidden, *args)
 
-    monkeypatch.setattr(tiny_model, "predict_hidden", spy)
-    filled = tiny_model.fill_hidden_latents(latents, hidden, num_inference_steps=4, reveal_order=order,
-                                            generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(reconstruction_lmd, "predict_hidden", spy)
+    filled = fill_hidden_latents(tiny_model, latents, hidden, num_inference_steps=4, reveal_order=order,
+                                 generator=torch.Generator().manual_seed(0))
     assert [int(h[0].sum()) for h in seen] == [12, 11, 8, 4]  # hidden before each step: 12, then the schedule
     for before, after in zip(seen, seen[1:]):
         assert bool((after <= before).all())  # revealed patches stay revealed
@@ -123,9 +130,9 @@ def test_each_step_reveals_the_scheduled_count_and_the_last_reveals_all(tiny_mod
 def test_progressive_sampling_is_seeded_and_batch_independent(tiny_model):
     images = random_images(3)
     kwargs = dict(mask_ratio=0.75, num_inference_steps=4)
-    batched = tiny_model.reconstruct(images, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], **kwargs)
+    batched = reconstruct(tiny_model, images, generator=[torch.Generator().manual_seed(s) for s in (1, 2, 3)], **kwargs)
     for i, seed in enumerate((1, 2, 3)):
-        alone = tiny_model.reconstruct(images[i : i + 1], generator=[torch.Generator().manual_seed(seed)], **kwargs)
+        alone = reconstruct(tiny_model, images[i : i + 1], generator=[torch.Generator().manual_seed(seed)], **kwargs)
         assert torch.equal(alone.mask, batched.mask[i : i + 1])
         torch.testing.assert_close(alone.reconstruction, batched.reconstruction[i : i + 1], rtol=0, atol=1e-5)
 
@@ -164,10 +171,10 @@ def test_colour_correction_removes_a_tint_measured_on_the_visible_pixels_only(ti
     tint = torch.tensor([0.2, -0.1, 0.05]).reshape(1, 3, 1, 1)
     monkeypatch.setattr(tiny_model.lmd, "decode_latents", lambda latents: images + tint)  # a decoder that tints
     kwargs = dict(mask_ratio=0.5, generator=torch.Generator().manual_seed(0), blend_radius=0)
-    corrected = tiny_model.reconstruct(images, **kwargs)
+    corrected = reconstruct(tiny_model, images, **kwargs)
     hidden = corrected.pixel_mask.bool().expand_as(images)
     torch.testing.assert_close(corrected.reconstruction[hidden], images[hidden])  # the tint is gone
     torch.testing.assert_close(corrected.decoded, images + tint)  # the raw decode stays raw
     kwargs["generator"] = torch.Generator().manual_seed(0)
-    raw = tiny_model.reconstruct(images, colour_correction=False, **kwargs)
+    raw = reconstruct(tiny_model, images, colour_correction=False, **kwargs)
     torch.testing.assert_close(raw.reconstruction[hidden], (images + tint)[hidden])

@@ -19,6 +19,7 @@ from subprocess_helpers import child_env, run_python
 from modeling_lmd import LMDForPreTraining, LMDImageProcessor
 from modeling_lmd.data import RandomResizedCropFlip, cache_latents, load_image_datasets
 from modeling_lmd.trainer import last_complete_checkpoint
+from modeling_lmd.reconstruction_lmd import reconstruct
 
 
 
@@ -201,7 +202,7 @@ def test_sharded_caching_and_evaluation_under_two_processes_match_one_process(tm
     run_python(["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", *common,
                 "--output_dir", str(tmp_path / "two"), "--latent_cache_dir", str(tmp_path / "cache2")],
                cwd=REPO_ROOT, timeout=400)
-    from modeling_lmd.data import _load_cache
+    from modeling_lmd.data.latent_cache import _load_cache
 
     for name in os.listdir(tmp_path / "cache1"):
         if name.endswith(".lock"):
@@ -268,8 +269,8 @@ def test_pixels_outside_minus_one_one_integers_and_nan_are_refused(tiny_model):
     poisoned = images.clone()
     poisoned[0, 0, 0, :3] = float("nan")
     with pytest.raises(ValueError, match="holds 3 non-finite value"):
-        tiny_model.reconstruct(poisoned)
-    tiny_model.reconstruct(images.clamp(-1.04, 1.04))  # within tolerance: accepted
+        reconstruct(tiny_model, poisoned)
+    reconstruct(tiny_model, images.clamp(-1.04, 1.04))  # within tolerance: accepted
 
 
 def test_training_checks_its_first_batches(tmp_path):
