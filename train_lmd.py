@@ -57,7 +57,7 @@ from modeling_lmd.metrics import save_reconstruction_grid
 from modeling_lmd.model_card import render_model_card
 from modeling_lmd.pretrained import DEMO_VAE
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments, last_complete_checkpoint, total_train_batch_size
-from modeling_lmd.vae_lmd import read_vae_config
+from modeling_lmd.vae_lmd import read_vae_config, vae_reference
 
 
 logger = logging.getLogger("train_lmd")
@@ -85,6 +85,12 @@ class ModelArguments:
     )
     vae_subfolder: str | None = field(
         default=None, metadata={"help": "Subfolder of the VAE in its repo (e.g. 'vae' for CompVis/stable-diffusion-v1-4)."}
+    )
+    vae_in_checkpoint: bool | None = field(
+        default=None,
+        metadata={"help": "Store the frozen VAE's weights in every checkpoint (the default for a new model: "
+                  "self-contained, works offline). False: checkpoints hold only the ViT and load the VAE from "
+                  "--vae_name_or_path, which must then be a Hub id."},
     )
     mask_schedule: str | None = field(
         default=None, metadata={"help": f"Mask-ratio schedule: {', '.join(MASK_SCHEDULES)} (default: the config's)."}
@@ -182,10 +188,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> tuple[L
     else:
         vae_type, vae_config = read_vae_config(vae, subfolder=model_args.vae_subfolder)
         config = LMDConfig.from_preset(model_args.model_preset, vae_type=vae_type, vae_config=vae_config,
-                                       **image_size)
+                                       **vae_reference(vae, model_args.vae_subfolder), **image_size)
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
-    for name in ("mask_schedule", "mask_ratio", "norm_latent_loss", "visible_loss_weight"):
+    for name in ("mask_schedule", "mask_ratio", "norm_latent_loss", "visible_loss_weight", "vae_in_checkpoint"):
         if getattr(model_args, name) is not None:
             setattr(config, name, getattr(model_args, name))
     config.validate()

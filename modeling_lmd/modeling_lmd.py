@@ -35,7 +35,15 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .configuration_lmd import CLASSIFIER_POOLINGS, LMDConfig, check_choice
 from .mask_schedulers import check_mask_ratio
-from .vae_lmd import VAE_CLASSES, build_vae, load_pretrained_vae, read_vae_config, vae_decode, vae_encode
+from .vae_lmd import (
+    VAE_CLASSES,
+    build_vae,
+    load_pretrained_vae,
+    read_vae_config,
+    vae_decode,
+    vae_encode,
+    vae_reference,
+)
 
 
 # --- outputs -----------------------------------------------------------------------------------------------------
@@ -421,9 +429,7 @@ class LMDPreTrainedModel(PreTrainedModel):
         else:
             vae_type, vae_config = type(vae).__name__, dict(vae.config)
         check_choice("vae_type", vae_type, tuple(VAE_CLASSES))
-        vae_fields = {"vae_type": vae_type, "vae_config": vae_config}
-        if is_path and not os.path.exists(os.fspath(vae)):  # a Hub id: where the weights can be loaded again
-            vae_fields.update(vae_name_or_path=os.fspath(vae), vae_subfolder=subfolder)
+        vae_fields = {"vae_type": vae_type, "vae_config": vae_config, **(vae_reference(vae, subfolder) if is_path else {})}
         if config is not None:
             config = LMDConfig.from_dict({**config.to_dict(), **vae_fields, **config_kwargs})
         else:

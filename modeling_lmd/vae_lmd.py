@@ -8,6 +8,8 @@ of an `AutoencoderTiny`. `vae_decode` undoes the scaling before the VAE decoder.
 Shipped as remote code next to every checkpoint: it imports only torch, diffusers and the sibling config.
 """
 
+import os
+
 import diffusers
 import torch
 from torch import nn
@@ -44,6 +46,15 @@ def load_pretrained_vae(name_or_path: str, subfolder: str | None = None, **kwarg
     return VAE_CLASSES[class_name].from_pretrained(name_or_path, subfolder=subfolder, **kwargs)
 
 
+def vae_reference(name_or_path, subfolder: str | None = None) -> dict:
+    """The `LMDConfig` fields that let a checkpoint load its VAE again: a Hub id (and subfolder); nothing for a
+    local folder, which would only mean something on this machine (set `vae_name_or_path` yourself for one)."""
+    name_or_path = os.fspath(name_or_path)
+    if os.path.exists(name_or_path):
+        return {}
+    return {"vae_name_or_path": name_or_path, "vae_subfolder": subfolder}
+
+
 def shift_factor(vae: nn.Module) -> float:
     return getattr(vae.config, "shift_factor", None) or 0.0
 
@@ -71,4 +82,5 @@ def vae_decode(vae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents).sample
 
 
-__all__ = ["VAE_CLASSES", "build_vae", "load_pretrained_vae", "read_vae_config", "vae_decode", "vae_encode"]
+__all__ = ["VAE_CLASSES", "build_vae", "load_pretrained_vae", "read_vae_config", "vae_decode", "vae_encode",
+           "vae_reference"]
