@@ -38,10 +38,11 @@ logger = logging.getLogger("lmd_app")
 MAX_PIXELS = 40_000_000
 #: Uploads whose shorter side is below this are refused: there is nothing left to hide and fill in.
 MIN_SIDE = 16
-#: Photos are centre-cropped to a square (what the model sees) and shown at this size in the editor.
-WORK_SIZE = 512
-#: The model's small outputs (64 px for the demo model) are enlarged to this size for display (nearest
-#: neighbour: every model pixel stays a crisp square, nothing is invented by the upscaling).
+#: Photos keep their own size and aspect ratio; larger ones are shrunk to this longer side (the editor shows the
+#: photo, and the result comes back at its size).
+MAX_SIDE = 1024
+#: The model's own output (64 px for the demo model) is enlarged to this size for display (nearest neighbour:
+#: every model pixel stays a crisp square, nothing is invented by the upscaling).
 DISPLAY_SIZE = 256
 #: Uploads larger than this are refused by the web server before they reach Python.
 MAX_UPLOAD_SIZE = "200mb"
@@ -92,11 +93,12 @@ def _check_size(width: int, height: int, name: str = "the image") -> None:
         )
 
 
-def prepare_photo(source: Any, size: int = WORK_SIZE) -> PIL.Image.Image:
-    """Any image (file path, PIL image, numpy array) -> a `size` x `size` RGB photo, or a `PhotoError`.
+def prepare_photo(source: Any, max_side: int = MAX_SIDE) -> PIL.Image.Image:
+    """Any image (file path, PIL image, numpy array) -> an RGB photo at its own size (shrunk to `max_side` on its
+    longer side if larger), or a `PhotoError`.
 
     16-bit, CMYK, grayscale, palette and transparent images are converted to RGB (transparent areas become white).
-    The photo is centre-cropped to a square because that is what the model sees; the brush mask is drawn on it.
+    The brush mask is drawn on this photo, and the result comes back at its size.
     """
     if source is None:
         raise PhotoError("No photo yet: pick one of the example photos or upload your own.")
@@ -113,8 +115,9 @@ def prepare_photo(source: Any, size: int = WORK_SIZE) -> PIL.Image.Image:
         image = to_rgb_image(image)
     except (ValueError, TypeError) as error:
         raise PhotoError(f"{_describe(source)} could not be converted to an RGB photo: {error}") from None
-    resample = PIL.Image.Resampling.LANCZOS if min(image.size) >= size else PIL.Image.Resampling.BICUBIC
-    return PIL.ImageOps.fit(image, (size, size), method=resample, centering=(0.5, 0.5))
+    if max(image.size) > max_side:
+        image = PIL.ImageOps.contain(image, (max_side, max_side), method=PIL.Image.Resampling.LANCZOS)
+    return image
 
 
 def brush_mask(layers: list[Any] | None, size: tuple[int, int]) -> np.ndarray:
@@ -146,11 +149,11 @@ def brush_mask(layers: list[Any] | None, size: tuple[int, int]) -> np.ndarray:
 
 @dataclass
 class Reconstruction:
-    """What the page shows: the model's three small outputs, enlarged, and a one-line summary."""
+    """What the page shows, and a one-line summary."""
 
-    masked_image: PIL.Image.Image  # the model's input, hidden patches mid-grey
-    decoded: PIL.Image.Image  # the raw decode of the model's output (every pixel comes from the model)
-    reconstruction: PIL.Image.Image  # the model's fill inside the hidden region, the input's own pixels outside
+    masked_image: PIL.Image.Image  # the photo with the region to fill in mid-grey (the photo's size)
+    decoded: PIL.Image.Image  # everything the model drew for the square it saw, enlarged (the model's own output)
+    reconstruction: PIL.Image.Image  # the photo at its size: the model's fill in the region, the photo elsewhere
     hidden_patches: int
     total_patches: int
     seconds: float
@@ -166,6 +169,11 @@ def _enlarge(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image.resize((size, size), resample=PIL.Image.Resampling.NEAREST)
 
 
+def _grey_out(photo: PIL.Image.Image, region: np.ndarray) -> PIL.Image.Image:
+    """The photo with `region` (boolean, the photo's size) painted mid-grey: what is hidden from the model."""
+    return PIL.Image.fromarray(np.where(region[..., None], np.uint8(128), np.asarray(photo)))
+
+
 def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0.5, seed: int = 0,
                 num_inference_steps: int = 1, mask: np.ndarray | None = None,
                 display_size: int = DISPLAY_SIZE) -> Reconstruction:
@@ -174,8 +182,9 @@ def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0
     Args:
         pipe: an `"lmd-reconstruction"` pipeline (see `load_pipeline`).
         photo: a file path, PIL image or numpy array (checked and converted by `prepare_photo`).
-        mode: `"random"` hides a random `mask_ratio` share of the latent patches (drawn from `seed`);
-            `"brush"` hides the patches that the boolean `mask` (over the prepared photo's pixels) touches.
+        mode: `"random"` hides a random `mask_ratio` share of the latent patches of the photo's centred square
+            (drawn from `seed`); `"brush"` fills in the boolean `mask` (over the prepared photo's pixels), the
+            model seeing a square around it.
         num_inference_steps: 1 fills everything at once; more reveals the hidden patches progressively.
 
     Raises `PhotoError` (a `ValueError`) with a message for the page when the inputs cannot be used.
@@ -215,9 +224,9 @@ def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0
     seconds = time.perf_counter() - start
     patch_mask = np.asarray(out["patch_mask"])
     return Reconstruction(
-        masked_image=_enlarge(out["masked_image"], display_size),
-        decoded=_enlarge(out["decoded"], display_size),
-        reconstruction=_enlarge(out["reconstruction"], display_size),
+        masked_image=_grey_out(image, out["mask"]),
+        decoded=_enlarge(out["model_decoded"], display_size),
+        reconstruction=out["reconstruction"],
         hidden_patches=int(patch_mask.sum()),
         total_patches=int(patch_mask.size),
         seconds=seconds,
@@ -237,7 +246,7 @@ def load_pipeline(model_name_or_path: str | os.PathLike = DEMO_LMD, device: str 
 
 
 def example_photo_paths(folder: str | os.PathLike | None = None) -> dict[str, str]:
-    """Write the scikit-image example photos as square PNGs (once) and return {label: path}."""
+    """Write the scikit-image example photos as PNGs (once) and return {label: path}."""
     import skimage.data
 
     folder = os.fspath(folder or os.path.join(tempfile.gettempdir(), "lmd_app_examples"))
@@ -261,8 +270,8 @@ INTRO = """\
 # LMD: fill in the hidden parts of a photo
 
 An LMD model sees a photo with some of its patches hidden and paints them back in from what is still visible.
-The model works on **{size}x{size}-pixel** images (photos are centre-cropped to a square and shrunk); the results
-are shown enlarged, so each small square is one model pixel.
+The model works on **{size}x{size}-pixel** squares: it sees a square of the photo (around what you paint, or the
+centre for random patches), shrunk to that size, and its fill is pasted back into the photo at the photo's own size.
 
 **1.** Pick an example photo or upload your own. &nbsp; **2.** Choose what to hide: random patches, or paint over
 a region with the brush. &nbsp; **3.** Press **Reconstruct**.
@@ -355,7 +364,7 @@ def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
                 editor = gr.ImageEditor(
                     value=_editor_value(prepare_photo(next(iter(examples.values())))),
                     label="Photo (in brush mode: paint over what to hide)", type="numpy", image_mode="RGBA",
-                    sources=[], transforms=[], layers=False, format="png", canvas_size=(WORK_SIZE, WORK_SIZE),
+                    sources=[], transforms=[], layers=False, format="png", canvas_size=(512, 512),
                     height=460, elem_id="lmd-editor",
                     brush=gr.Brush(colors=["#ff00c8"], default_color="#ff00c8", color_mode="fixed", default_size=28),
                     eraser=gr.Eraser(default_size=28),
@@ -368,15 +377,16 @@ def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
                 mode = gr.Radio([MODE_RANDOM, MODE_BRUSH], value=MODE_RANDOM, label="What to hide",
                                 elem_id="lmd-mode")
                 with gr.Group(visible=True) as random_controls:
-                    mask_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Share of the photo to hide",
-                                           info=f"Random {cell}x{cell}-pixel patches of the {size}x{size} model "
-                                                "input.",
+                    mask_ratio = gr.Slider(0.05, 0.95, value=0.5, step=0.05, label="Share of the square to hide",
+                                           info=f"Random {cell}x{cell}-pixel patches of the photo's centred square, "
+                                                f"seen at {size}x{size}.",
                                            elem_id="lmd-mask-ratio")
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed",
                                      info="The same seed hides the same patches.", elem_id="lmd-seed")
                 brush_help = gr.Markdown(
-                    "Paint over the region to hide with the pink brush (the eraser takes strokes back). Every "
-                    f"{cell}x{cell}-pixel patch of the {size}x{size} model input that your strokes touch is hidden.",
+                    "Paint over the region to fill in with the pink brush (the eraser takes strokes back). The model "
+                    f"sees a square around it at {size}x{size}; every {cell}x{cell}-pixel patch of that square that "
+                    "your strokes touch is hidden from it.",
                     visible=False,
                 )
                 steps = gr.Slider(1, 8, value=1, step=1, label="num_inference_steps",
@@ -385,17 +395,17 @@ def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
                 run = gr.Button("Reconstruct", variant="primary", elem_id="lmd-run")
                 status = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="lmd-status",
                                     value=f"Model: {model_label}. Press Reconstruct, or pick another photo first.")
-        gr.Markdown(f"### Result ({size}x{size}-pixel model output, shown enlarged)\n"
-                    "Left: what the model was given. Middle: everything the model drew, for the whole image. "
-                    "Right: the model's drawing in the hidden patches, the photo's own pixels everywhere else "
-                    "(blended over a few pixels at the edges).")
+        gr.Markdown("### Result\n"
+                    "Left: the photo with the region to fill in grey. Middle: everything the model drew for the "
+                    f"square it saw ({size}x{size} pixels, enlarged). Right: the photo at its own size, the model's "
+                    "drawing in the grey region and the photo's own pixels everywhere else (blended over a few pixels "
+                    "at the edges).")
         with gr.Row():
-            common = {"type": "pil", "format": "png", "interactive": False, "height": DISPLAY_SIZE + 40,
+            common = {"type": "pil", "format": "png", "interactive": False, "height": DISPLAY_SIZE + 80,
                       "elem_classes": ["lmd-result"]}
-            masked_out = gr.Image(label="Masked input (grey = hidden)", elem_id="lmd-masked", **common)
-            decoded_out = gr.Image(label="Reconstruction (raw decode)", elem_id="lmd-decoded", **common)
-            pasted_out = gr.Image(label="Reconstruction with the visible pixels pasted back", elem_id="lmd-pasted",
-                                  **common)
+            masked_out = gr.Image(label="Photo (grey = to fill in)", elem_id="lmd-masked", **common)
+            decoded_out = gr.Image(label="What the model drew (its square, enlarged)", elem_id="lmd-decoded", **common)
+            pasted_out = gr.Image(label="Result at the photo's size", elem_id="lmd-pasted", **common)
 
         mode.change(on_mode, inputs=mode, outputs=[random_controls, brush_help])
         # Progress shows on the status box only: an editor that a failed upload leaves alone keeps its photo.

@@ -1,6 +1,8 @@
-"""Inpainting with an LMD checkpoint: the latent patches a mask touches are hidden and filled by the model.
+"""Inpainting with an LMD checkpoint: fill in a region of a photo and get the photo back at its own size.
 
-The mask is over the input image's pixels: a PNG (non-zero = fill in) or a box `--box LEFT TOP RIGHT BOTTOM`.
+The mask is over the photo's pixels: a PNG (non-zero = fill in) or a box `--box LEFT TOP RIGHT BOTTOM`. The model
+sees a square around the region (`--padding_mask_crop` pixels of context, default half the region's extent); its
+fill is pasted back, and outside the region the photo keeps its own pixels.
 
     python examples/inpaint.py --model path/to/lmd-checkpoint --image photo.png --box 10 10 40 30 \
         --output inpainted.png --grid inpaint_grid.png
@@ -29,6 +31,9 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="inpainted.png", help="the inpainted image")
     parser.add_argument("--grid", default=None, help="optional PNG: input, hidden region, inpainted")
     parser.add_argument("--num_inference_steps", type=int, default=None, help="progressive un-masking steps")
+    parser.add_argument("--padding_mask_crop", type=int, default=None,
+                        help="pixels of context around the region in the square the model sees (default: half the "
+                             "region's extent)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present)")
     return parser.parse_args(argv)
@@ -45,15 +50,16 @@ def main(argv=None) -> str:
         mask[max(top, 0) : bottom, max(left, 0) : right] = True
     inpaint = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline,
                        device=args.device)
-    out = inpaint(image, mask=mask, num_inference_steps=args.num_inference_steps)
+    out = inpaint(image, mask=mask, num_inference_steps=args.num_inference_steps,
+                  padding_mask_crop=args.padding_mask_crop)
     out["reconstruction"].save(args.output)
     hidden = int(out["patch_mask"].sum())
-    print(f"filled {hidden} of {out['patch_mask'].size} latent patches; wrote {args.output}")
+    print(f"filled {out['mask'].sum()} pixels ({hidden} of {out['patch_mask'].size} latent patches of the square "
+          f"{out['crop_box']} the model saw); wrote {args.output} at {image.width}x{image.height}")
     if args.grid:
-        processor = inpaint.image_processor
-        original = processor.postprocess(processor(image, return_tensors="pt")["pixel_values"])[0]
-        make_image_grid([original, out["masked_image"], out["reconstruction"]], rows=1, cols=3).save(args.grid)
-        print(f"wrote {args.grid} (columns: input, hidden region, inpainted)")
+        grey = PIL.Image.fromarray(np.where(out["mask"][..., None], np.uint8(128), np.asarray(image)))
+        make_image_grid([image, grey, out["reconstruction"]], rows=1, cols=3).save(args.grid)
+        print(f"wrote {args.grid} (columns: photo, region to fill in, inpainted)")
     return args.output
 
 

@@ -1,8 +1,8 @@
 """Masked reconstruction with an LMD checkpoint: image paths in, a PNG grid out.
 
-Each row of the grid is one image, in MAE's four panels: the processed input, what the model was shown (hidden
-patches grey), the raw reconstruction, and the reconstruction with the visible pixels pasted back (what the
-pipeline returns).
+Each row of the grid is one image, in MAE's four panels at the model's resolution: the square of the photo the model
+saw, what it was shown (hidden patches grey), the raw reconstruction, and the reconstruction with the visible pixels
+pasted back. (The pipeline's `reconstruction` is the same fill pasted into the photo at its own size.)
 
     python examples/reconstruct.py --model path/to/lmd-checkpoint --images a.png b.jpg \
         --mask_ratio 0.5 --seed 0 --num_inference_steps 4 --output reconstruction_grid.png --device cuda
@@ -12,10 +12,12 @@ import argparse
 import os
 
 import torch
+import PIL.Image
 from diffusers.utils import make_image_grid
 from transformers import pipeline
 
 from modeling_lmd import LMDReconstructionPipeline
+from modeling_lmd.image_processing_lmd import to_rgb_image
 from modeling_lmd.pretrained import DEMO_LMD
 
 
@@ -36,13 +38,12 @@ def main(argv=None) -> str:
     args = parse_args(argv)
     reconstruct = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline,
                            device=args.device)
-    processor = reconstruct.image_processor
     outputs = reconstruct(args.images, mask_ratio=args.mask_ratio, seed=args.seed,
                           num_inference_steps=args.num_inference_steps)
     cells = []
     for path, out in zip(args.images, outputs):
-        original = processor.postprocess(processor(path, return_tensors="pt")["pixel_values"])[0]
-        cells += [original, out["masked_image"], out["decoded"], out["reconstruction"]]
+        seen = to_rgb_image(path).crop(out["crop_box"]).resize(out["model_decoded"].size, PIL.Image.BICUBIC)
+        cells += [seen, out["model_masked_image"], out["model_decoded"], out["model_reconstruction"]]
         print(f"{path}: hid {int(out['patch_mask'].sum())} of {out['patch_mask'].size} latent patches")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     make_image_grid(cells, rows=len(args.images), cols=4).save(args.output)

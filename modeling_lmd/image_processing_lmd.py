@@ -211,16 +211,13 @@ class LMDImageProcessor(PilBackend):
             processed.append(image.astype(np.float32))
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
 
-    def preprocess_mask(self, mask: Any, image_size: tuple[int, int], do_center_crop: bool | None = None) -> np.ndarray:
-        """A mask over an input image's pixels -> a boolean `(height, width)` mask over the processed image.
-
-        Applies the same resize / crop as the image. A processed pixel counts as masked if any input pixel
-        under it was masked (nothing the user marked is lost by the resize).
+    def mask_array(self, mask: Any, image_size: tuple[int, int]) -> np.ndarray:
+        """A user's mask over an image's pixels -> boolean `(H, W)`, True = to fill in.
 
         Args:
             mask: a boolean / 0-1 array `(H, W)` (or `(H, W, C)`, any channel non-zero) or a PIL image (non-zero =
-                masked), the same size as the input image.
-            image_size: `(H, W)` of the input image.
+                masked), the same size as the image.
+            image_size: `(H, W)` of the image.
         """
         if isinstance(mask, PIL.Image.Image):
             mask = np.array(mask.convert("L")) > 0
@@ -236,7 +233,16 @@ class LMDImageProcessor(PilBackend):
                 f"The mask is {mask.shape[0]}x{mask.shape[1]} (height x width) but the image is "
                 f"{image_size[0]}x{image_size[1]}; they must match."
             )
-        coverage = PIL.Image.fromarray((mask != 0).astype(np.float32), mode="F")
+        return mask != 0
+
+    def preprocess_mask(self, mask: Any, image_size: tuple[int, int], do_center_crop: bool | None = None) -> np.ndarray:
+        """A mask over an input image's pixels (see `mask_array`) -> a boolean `(height, width)` mask over the
+        processed image.
+
+        Applies the same resize / crop as the image. A processed pixel counts as masked if any input pixel
+        under it was masked (nothing the user marked is lost by the resize).
+        """
+        coverage = PIL.Image.fromarray(self.mask_array(mask, image_size).astype(np.float32), mode="F")
         do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
         out_height, out_width = self.size["height"], self.size["width"]
         if do_center_crop:
@@ -248,8 +254,43 @@ class LMDImageProcessor(PilBackend):
         coverage = np.array(coverage)[top : top + out_height, left : left + out_width]
         return coverage > 1e-6
 
-    def postprocess(self, pixel_values: torch.Tensor | np.ndarray) -> list[PIL.Image.Image]:
-        """Images in [-1, 1], `(B, 3, H, W)` or `(3, H, W)` -> list of RGB PIL images."""
+    def center_square_box(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(left, top, right, bottom)` of the largest centred square of an image: what the model sees of it."""
+        side = min(height, width)
+        left, top = (width - side) // 2, (height - side) // 2
+        return left, top, left + side, top + side
+
+    def mask_crop_box(self, mask: np.ndarray, padding: int | None = None) -> tuple[int, int, int, int]:
+        """`(left, top, right, bottom)` of the square region of an image that the model sees to fill `mask`
+        (boolean `(H, W)`), what diffusers calls `padding_mask_crop`: the mask's bounding box with `padding` pixels
+        of context on every side (default: half its longer side, so the hole spans at most half the crop), never
+        smaller than the model's input (the photo is not enlarged) and moved inside the image. Where the square does
+        not fit in the image (a mask as wide as a panorama), it is cut to the image and the model sees it stretched.
+        A mask with nothing in it gives `center_square_box`."""
+        height, width = mask.shape
+        rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            return self.center_square_box(height, width)
+        top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
+        extent = max(bottom - top, right - left)
+        padding = extent // 2 if padding is None else int(padding)
+        side = max(extent + 2 * padding, self.size["height"], self.size["width"])
+
+        def span(low: int, high: int, limit: int) -> tuple[int, int]:
+            if side >= limit:
+                return 0, limit
+            start = min(max((low + high - side) // 2, 0), limit - side)
+            return start, start + side
+
+        (left, right), (top, bottom) = span(left, right, width), span(top, bottom, height)
+        return left, top, right, bottom
+
+    def postprocess(self, pixel_values: torch.Tensor | np.ndarray, output_type: str = "pil"):
+        """Images in [-1, 1], `(B, 3, H, W)` or `(3, H, W)` -> what diffusers pipelines return for `output_type`:
+        `"pil"`: a list of RGB PIL images; `"np"`: float32 `(B, H, W, 3)` in [0, 1]; `"pt"`: `(B, 3, H, W)` in
+        [0, 1]."""
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         if isinstance(pixel_values, torch.Tensor):
             pixel_values = pixel_values.detach().float().cpu().numpy()
         pixel_values = np.asarray(pixel_values)
@@ -257,7 +298,12 @@ class LMDImageProcessor(PilBackend):
             pixel_values = pixel_values[None]
         mean = np.asarray(self.image_mean, dtype=np.float32).reshape(1, -1, 1, 1)
         std = np.asarray(self.image_std, dtype=np.float32).reshape(1, -1, 1, 1)
-        pixels = np.clip((pixel_values * std + mean) * 255.0, 0, 255).round().astype(np.uint8)
+        unit = np.clip(pixel_values * std + mean, 0.0, 1.0).astype(np.float32)
+        if output_type == "pt":
+            return torch.from_numpy(unit)
+        if output_type == "np":
+            return np.moveaxis(unit, 1, -1)
+        pixels = (unit * 255.0).round().astype(np.uint8)
         return [PIL.Image.fromarray(np.moveaxis(image, 0, -1)) for image in pixels]
 
     def mask_to_pil(self, mask: np.ndarray | torch.Tensor) -> PIL.Image.Image:

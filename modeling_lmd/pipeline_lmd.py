@@ -1,18 +1,21 @@
-"""The `"lmd-reconstruction"` pipeline: masked reconstruction and inpainting with an LMD pre-training model.
+"""The `"lmd-reconstruction"` pipeline: masked reconstruction and inpainting of photos at their own size with an LMD
+pre-training model.
 
-Shipped as remote code next to every `LMDForPreTraining` checkpoint (config.json's `custom_pipelines` points here),
-so it imports only numpy, torch, transformers and its sibling modules. The reconstruction itself is
-`reconstruction_lmd.reconstruct`; this file turns user inputs into its arguments and its outputs into images.
+Shipped as remote code next to every checkpoint it saves (`pipe.save_pretrained(folder)` adds config.json's
+`custom_pipelines` entry), so it imports only numpy, torch, transformers and its sibling modules. The reconstruction
+itself is `reconstruction_lmd.reconstruct`; this file turns user inputs into its arguments and its outputs into
+images.
 """
 
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import Pipeline
 
 from .image_processing_lmd import LMDImageProcessor, to_rgb_image
 from .mask_schedulers import check_mask_ratio
-from .reconstruction_lmd import reconstruct
+from .reconstruction_lmd import colour_correct, paste_into_photo, reconstruct
 
 
 TASK = "lmd-reconstruction"
@@ -20,20 +23,30 @@ TASK = "lmd-reconstruction"
 
 class LMDReconstructionPipeline(Pipeline):
     r"""
-    Hides latent patches of each image and lets an LMD model fill them in.
+    Hides part of each photo and lets an LMD model fill it in; returns the photo at its own size.
 
-    Without `mask`, a random `mask_ratio` of patches is hidden; with `seed`, image `i` of a call gets the mask drawn
-    from `(seed, i)`, so batching (`batch_size`) changes nothing. With `mask` (inpainting), the latent patches that
-    the mask touches are hidden and filled by the model. Either way nothing under the mask reaches the output, and
-    the visible pixels are the input's own (see `reconstruction_lmd.reconstruct`).
+    The model sees a square region of the photo at its own resolution (`config.image_size`): with `mask`
+    (inpainting), a square around the masked area with `padding_mask_crop` pixels of context (default: half the
+    mask's extent; see `LMDImageProcessor.mask_crop_box`); without, the photo's centred square, where a random
+    `mask_ratio` of latent patches is hidden. Either way the hidden pixels are painted over before the VAE sees them
+    (nothing under the mask reaches the output), and the model's fill is resized back and pasted into the photo:
+    outside the filled region the result is the photo's own pixels, blended over a narrow band at the border.
 
     Inputs: a path, PIL image, numpy array or tensor, a `{"image": ..., "mask": ...}` dict, or a list of those.
-    Options: `mask_ratio`, `seed`, `mask`, `num_inference_steps` (progressive un-masking), `reveal_order`.
+    Options: `mask` (a boolean array or PIL image over the photo's pixels), `mask_ratio`, `seed` (image `i` of a
+    call draws its mask and reveal order from `(seed, i)`, so batching changes nothing) or `generator` (a
+    `torch.Generator`, as in diffusers), `padding_mask_crop`, `num_inference_steps` (progressive un-masking),
+    `reveal_order`, `output_type` (`"pil"`, `"np"` float in [0, 1] `(H, W, 3)`, `"pt"` `(3, H, W)`).
 
-    Returns, per image, a dict with `reconstruction` (PIL: the fill inside the hidden region, the input outside),
-    `decoded` (PIL: the raw decode of the composite latents), `masked_image` (PIL: the input with the hidden
-    patches greyed out), `mask` (boolean numpy array `(H, W)` at the model's resolution, True = filled in by the
-    model) and `patch_mask` (boolean `(L,)` over latent patches).
+    Returns, per image, a dict:
+
+    - `reconstruction`: the photo at its own size, filled in;
+    - `mask`: boolean `(H, W)` over the photo, True where the model's fill was used (the user's mask, or the
+      hidden latent patches mapped onto the photo);
+    - `crop_box`: `(left, top, right, bottom)`, the photo region the model saw;
+    - at the model's resolution: `model_reconstruction` (fill inside, input outside), `model_decoded` (the raw
+      decode), `model_masked_image` (hidden patches grey), `model_mask` (boolean `(S, S)`) and `patch_mask`
+      (boolean `(L,)` over latent patches).
 
     Example:
 
@@ -42,7 +55,8 @@ class LMDReconstructionPipeline(Pipeline):
     >>> pipe = pipeline("lmd-reconstruction", model="path/to/lmd-checkpoint", trust_remote_code=True)
     >>> out = pipe("photo.png", mask_ratio=0.5, seed=0)
     >>> out["reconstruction"].save("reconstruction.png")
-    >>> filled = pipe("photo.png", mask=hole)  # inpainting: hole is a bool array over the photo's pixels
+    >>> hole = np.zeros((photo_height, photo_width), dtype=bool); hole[40:90, 60:120] = True
+    >>> pipe("photo.png", mask=hole)["reconstruction"]  # inpainting, at the photo's size
     ```
     """
 
@@ -71,57 +85,88 @@ class LMDReconstructionPipeline(Pipeline):
             return dict(item)
         return {"image": item}
 
-    def _sanitize_parameters(self, mask_ratio=None, seed=None, mask=None, num_inference_steps=None,
-                             reveal_order=None, **kwargs):
+    def _sanitize_parameters(self, mask_ratio=None, seed=None, generator=None, mask=None, padding_mask_crop=None,
+                             num_inference_steps=None, reveal_order=None, output_type=None, **kwargs):
         if kwargs:
             raise TypeError(f"Unexpected arguments for {TASK}: {', '.join(sorted(kwargs))}.")
         if mask_ratio is not None:
             check_mask_ratio(mask_ratio)
         if mask is not None and mask_ratio is not None:
             raise ValueError("Pass either `mask` (inpainting) or `mask_ratio` (random masking), not both.")
-        preprocess_params = {}
-        if mask is not None:
-            preprocess_params["mask"] = mask
-        if seed is not None:
-            preprocess_params["seed"] = int(seed)
-        forward_params = {}
-        if mask_ratio is not None:
-            forward_params["mask_ratio"] = float(mask_ratio)
-        if num_inference_steps is not None:
-            forward_params["num_inference_steps"] = int(num_inference_steps)
-        if reveal_order is not None:
-            forward_params["reveal_order"] = reveal_order
-        return preprocess_params, forward_params, {}
+        if seed is not None and generator is not None:
+            raise ValueError("Pass either `seed` or `generator`, not both.")
+        preprocess_params = {"mask": mask, "seed": seed, "padding_mask_crop": padding_mask_crop}
+        forward_params = {"mask_ratio": mask_ratio, "generator": generator,
+                          "num_inference_steps": num_inference_steps, "reveal_order": reveal_order}
+        postprocess_params = {"output_type": output_type}
+        return tuple({k: v for k, v in params.items() if v is not None}
+                     for params in (preprocess_params, forward_params, postprocess_params))
 
-    def preprocess(self, inputs: Any, mask: Any = None, seed: int | None = None) -> dict[str, Any]:
+    def preprocess(self, inputs: Any, mask: Any = None, seed: int | None = None,
+                   padding_mask_crop: int | None = None) -> dict[str, Any]:
         item = self._as_dict(inputs)
         mask = item.get("mask", mask)
         image = to_rgb_image(item["image"])
-        pixel_values = self.image_processor(image, return_tensors="pt")["pixel_values"]
+        processor = self.image_processor
+        photo_mask = None if mask is None else processor.mask_array(mask, (image.height, image.width))
+        box = (processor.center_square_box(image.height, image.width) if photo_mask is None
+               else processor.mask_crop_box(photo_mask, padding_mask_crop))
+        crop = image.crop(box)
+        dtype = self.dtype or torch.float32
         # Image `index` of a seeded call draws its mask (and reveal order) from `seed * 1_000_003 + index` only.
-        image_seed = int(torch.randint(0, 2**62, ())) if seed is None else seed * 1_000_003 + item.get("index", 0)
-        model_inputs = {"pixel_values": pixel_values.to(self.dtype or torch.float32), "seed": torch.tensor([image_seed])}
-        if mask is not None:
-            pixel_mask = self.image_processor.preprocess_mask(mask, (image.height, image.width))
-            model_inputs["patch_mask"] = self.model.patch_mask(torch.from_numpy(pixel_mask)[None])
+        image_seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed) * 1_000_003 + item.get("index", 0)
+        # The photo, its crop box and its mask travel as PIL images and tuples: batching leaves those untouched.
+        model_inputs = {
+            "pixel_values": processor(crop, do_center_crop=False, return_tensors="pt")["pixel_values"].to(dtype),
+            "seed": torch.tensor([image_seed]),
+            "photo": image,
+            "box": box,
+        }
+        if photo_mask is not None:
+            left, top, right, bottom = box
+            model_mask = processor.preprocess_mask(photo_mask[top:bottom, left:right], (bottom - top, right - left),
+                                                   do_center_crop=False)
+            model_inputs["patch_mask"] = self.model.patch_mask(torch.from_numpy(model_mask)[None])
+            model_inputs["photo_mask"] = processor.mask_to_pil(photo_mask)
         return model_inputs
 
-    def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, num_inference_steps: int = 1,
-                 reveal_order: str = "random") -> dict[str, torch.Tensor]:
-        generators = [torch.Generator().manual_seed(int(seed)) for seed in model_inputs["seed"]]
-        output = reconstruct(
-            self.model, model_inputs["pixel_values"], mask_ratio=mask_ratio, patch_mask=model_inputs.get("patch_mask"),
-            generator=generators, num_inference_steps=num_inference_steps, reveal_order=reveal_order,
-        )
-        return {key: output[key] for key in ("reconstruction", "decoded", "masked_images", "mask", "pixel_mask")}
+    def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, generator=None,
+                 num_inference_steps: int = 1, reveal_order: str = "random") -> dict[str, torch.Tensor]:
+        if generator is None:
+            generator = [torch.Generator().manual_seed(int(seed)) for seed in model_inputs["seed"]]
+        pixel_values = model_inputs["pixel_values"]
+        output = reconstruct(self.model, pixel_values, mask_ratio=mask_ratio, patch_mask=model_inputs.get("patch_mask"),
+                             generator=generator, num_inference_steps=num_inference_steps, reveal_order=reveal_order)
+        return {**output, "fill": colour_correct(output.decoded, pixel_values.to(output.decoded.dtype),
+                                                 output.pixel_mask),
+                **{key: model_inputs[key] for key in ("photo", "box", "photo_mask") if key in model_inputs}}
 
-    def postprocess(self, model_outputs: dict[str, torch.Tensor]) -> dict[str, Any]:
-        processor = self.image_processor
+    def postprocess(self, model_outputs: dict[str, Any], output_type: str = "pil") -> dict[str, Any]:
+        processor, box = self.image_processor, model_outputs["box"]
+        photo = processor(model_outputs["photo"], do_resize=False, return_tensors="pt")["pixel_values"]
+        if "photo_mask" in model_outputs:
+            region = torch.from_numpy(np.array(model_outputs["photo_mask"]) > 0)[None, None].float()
+        else:  # the hidden latent patches, mapped from the model's square onto the photo
+            region = torch.zeros_like(photo[:, :1])
+            left, top, right, bottom = box
+            region[..., top:bottom, left:right] = torch.nn.functional.interpolate(
+                model_outputs["pixel_mask"].float(), size=(bottom - top, right - left), mode="nearest")
+        # The feathering band, measured at the model's resolution, scaled to the photo's pixels.
+        config = self.model.config
+        radius = round(config.vae_downsampling_factor * (box[2] - box[0]) / config.image_size)
+        reconstruction = paste_into_photo(model_outputs["fill"].float(), photo, box, region, radius)
+
+        def image(values: torch.Tensor):
+            return processor.postprocess(values, output_type=output_type)[0]
+
         return {
-            "reconstruction": processor.postprocess(model_outputs["reconstruction"])[0],
-            "decoded": processor.postprocess(model_outputs["decoded"])[0],
-            "masked_image": processor.postprocess(model_outputs["masked_images"])[0],
-            "mask": model_outputs["pixel_mask"][0, 0].bool().numpy(),
+            "reconstruction": image(reconstruction),
+            "mask": region[0, 0].bool().numpy(),
+            "crop_box": box,
+            "model_reconstruction": image(model_outputs["reconstruction"]),
+            "model_decoded": image(model_outputs["decoded"]),
+            "model_masked_image": image(model_outputs["masked_images"]),
+            "model_mask": model_outputs["pixel_mask"][0, 0].bool().numpy(),
             "patch_mask": model_outputs["mask"][0].bool().numpy(),
         }
 

@@ -60,13 +60,12 @@ def _hidden_grey(image: PIL.Image.Image) -> np.ndarray:
     return (np.abs(array - 127.5) <= 1).all(axis=-1)
 
 
-def _far_from_hidden(hidden: np.ndarray, pipe) -> np.ndarray:
-    """Display pixels beyond the band (model pixels, Chebyshev) over which the model's fill fades into the input."""
-    scale = hidden.shape[0] // pipe.model.config.image_size
-    band = pipe.model.config.vae_downsampling_factor
-    model_hidden = PIL.Image.fromarray(hidden[::scale, ::scale].astype(np.uint8) * 255)
-    near = np.asarray(model_hidden.filter(PIL.ImageFilter.MaxFilter(2 * band + 1))) > 0
-    return ~np.repeat(np.repeat(near, scale, axis=0), scale, axis=1)
+def _far_from_hidden(hidden: np.ndarray, pipe, square_side: int) -> np.ndarray:
+    """Photo pixels beyond the band over which the model's fill fades into the photo: the VAE factor in model pixels,
+    scaled to the photo by the side of the square the model saw (Chebyshev distance)."""
+    band = round(pipe.model.config.vae_downsampling_factor * square_side / pipe.model.config.image_size)
+    grown = PIL.Image.fromarray(hidden.astype(np.uint8) * 255).filter(PIL.ImageFilter.MaxFilter(2 * band + 3))
+    return np.asarray(grown) == 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -88,12 +87,13 @@ def test_prepare_photo_converts_odd_images(tmp_path, photo):
         path = tmp_path / name
         image.save(path)
         prepared = app.prepare_photo(path)
-        assert prepared.mode == "RGB" and prepared.size == (app.WORK_SIZE, app.WORK_SIZE), name
+        assert prepared.mode == "RGB" and prepared.size == (451, 300), name  # the photo's own size
         assert np.asarray(prepared).std() > 10, f"{name} came out flat"
     assert PIL.Image.open(tmp_path / "gray16.png").mode.startswith("I")  # the file really is 16-bit
-    # Arrays and PIL images work too; tiny ones are enlarged to the working size.
-    assert app.prepare_photo(photo).size == (app.WORK_SIZE, app.WORK_SIZE)
-    assert app.prepare_photo(rgb.resize((20, 30))).size == (app.WORK_SIZE, app.WORK_SIZE)
+    # Arrays and PIL images work too; small ones keep their size, large ones shrink to MAX_SIDE, aspect kept.
+    assert app.prepare_photo(photo).size == (451, 300)
+    assert app.prepare_photo(rgb.resize((20, 30))).size == (20, 30)
+    assert app.prepare_photo(rgb.resize((3000, 1500))).size == (app.MAX_SIDE, app.MAX_SIDE // 2)
 
 
 def test_prepare_photo_rejects_bad_uploads_with_a_message(tmp_path):
@@ -126,19 +126,21 @@ def test_prepare_photo_rejects_bad_uploads_with_a_message(tmp_path):
 
 def test_reconstruct_random_mode(pipe, photo):
     result = app.reconstruct(pipe, photo, mode="random", mask_ratio=0.5, seed=3)
-    for image in (result.masked_image, result.decoded, result.reconstruction):
-        assert image.mode == "RGB" and image.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
+    for image in (result.masked_image, result.reconstruction):  # the photo's own size
+        assert image.mode == "RGB" and image.size == (451, 300)
+    assert result.decoded.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)  # the model's square, enlarged
     assert (result.hidden_patches, result.total_patches) == (32, 64)
     masked = np.asarray(result.masked_image)
     pasted = np.asarray(result.reconstruction)
     hidden = _hidden_grey(result.masked_image)
-    assert 0.4 < hidden.mean() < 0.6
+    assert 0.4 < hidden[:, 75:375].mean() < 0.6  # half of the centred 300 x 300 square
+    assert not hidden[:, :75].any() and not hidden[:, 375:].any()
     assert np.asarray(result.decoded).std() > 10  # not blank
     assert np.abs(pasted.astype(int) - masked).max() > 50  # the hidden patches were filled in
-    # Away from the hidden patches (past the blend band), the pasted-back reconstruction is the input itself.
-    far = _far_from_hidden(hidden, pipe)
+    # Away from the hidden patches (past the blend band), the result is the photo itself.
+    far = _far_from_hidden(hidden, pipe, square_side=300)
     assert far.any()
-    np.testing.assert_array_equal(pasted[far], masked[far])
+    np.testing.assert_array_equal(pasted[far], photo[far])
     assert "32 of 64 patches (50%)" in result.summary
     again = app.reconstruct(pipe, photo, mode=app.MODE_RANDOM, mask_ratio=0.5, seed=3)
     np.testing.assert_array_equal(np.asarray(again.masked_image), masked)  # the seed fixes the mask
@@ -147,26 +149,25 @@ def test_reconstruct_random_mode(pipe, photo):
 
 
 def test_reconstruct_brush_mode(pipe, photo):
-    side = app.WORK_SIZE
-    mask = np.zeros((side, side), dtype=bool)
-    mask[: side // 2, : side // 2] = True  # the top-left quarter: 4 x 4 of the 8 x 8 latent patches
+    mask = np.zeros(photo.shape[:2], dtype=bool)
+    mask[100:160, 200:280] = True  # a hole in the middle of the photo
     result = app.reconstruct(pipe, photo, mode="brush", mask=mask, num_inference_steps=2)
-    assert (result.hidden_patches, result.total_patches) == (16, 64)
+    assert 0 < result.hidden_patches < result.total_patches == 64
     hidden = _hidden_grey(result.masked_image)
-    half = app.DISPLAY_SIZE // 2
-    assert hidden[:half, :half].all() and not hidden[half:, :].any() and not hidden[:, half:].any()
+    np.testing.assert_array_equal(hidden, mask)  # exactly what was painted is filled in, at the photo's size
     pasted = np.asarray(result.reconstruction)
-    far = _far_from_hidden(hidden, pipe)
-    np.testing.assert_array_equal(pasted[far], np.asarray(result.masked_image)[far])
-    assert pasted[:half, :half].std() > 5
+    assert result.reconstruction.size == (451, 300)
+    far = _far_from_hidden(hidden, pipe, square_side=160)  # the square around the hole: 80 + 2 x 40 pixels
+    np.testing.assert_array_equal(pasted[far], photo[far])
+    assert pasted[mask].std() > 5 and np.abs(pasted[mask].astype(int) - photo[mask]).mean() > 5
 
 
 def test_reconstruct_bad_settings_give_messages(pipe, photo):
-    side = app.WORK_SIZE
+    shape = photo.shape[:2]
     cases = [
-        ({"mode": "brush", "mask": np.zeros((side, side), bool)}, "Nothing is painted yet"),
+        ({"mode": "brush", "mask": np.zeros(shape, bool)}, "Nothing is painted yet"),
         ({"mode": "brush", "mask": None}, "Nothing is painted yet"),
-        ({"mode": "brush", "mask": np.ones((side, side), bool)}, "touches every latent patch"),
+        ({"mode": "brush", "mask": np.ones(shape, bool)}, "touches every latent patch"),
         ({"mode": "random", "mask_ratio": 1.0}, r"The share to hide must be in \[0, 1\), got 1.0"),
         ({"mode": "random", "mask_ratio": None}, "The share to hide"),
         ({"mode": "random", "num_inference_steps": 9}, "between 1 and 8"),
@@ -193,10 +194,11 @@ def test_run_from_editor_and_upload_never_raise(pipe, photo, tmp_path):
     stroke[100:200, 100:200] = (255, 0, 200, 255)
     editor = {"background": photo_rgba, "layers": [stroke], "composite": photo_rgba}
     result, message = app.run_from_editor(pipe, editor, app.MODE_BRUSH, 0.5, 0, 1)
-    assert result is not None and 0 < result.hidden_patches < 16, message
+    assert result is not None and 0 < result.hidden_patches < 64, message
+    assert result.reconstruction.size == (451, 300)
     result, message = app.run_from_editor(pipe, editor, app.MODE_RANDOM, 0.25, 0, 1)
     assert result.hidden_patches == 16 and "brush strokes were not used" in message
-    blank = {"background": np.zeros((512, 512, 4), np.uint8), "layers": [], "composite": None}
+    blank = {"background": np.zeros((300, 451, 4), np.uint8), "layers": [], "composite": None}
     assert app.run_from_editor(pipe, blank, app.MODE_RANDOM, 0.5, 0, 1) == (None, app.NO_PHOTO)
     assert app.run_from_editor(pipe, None, app.MODE_RANDOM, 0.5, 0, 1) == (None, app.NO_PHOTO)
     bad = tmp_path / "bad.jpg"
@@ -205,7 +207,7 @@ def test_run_from_editor_and_upload_never_raise(pipe, photo, tmp_path):
     good = tmp_path / "good.png"
     PIL.Image.fromarray(photo).save(good)
     loaded, message = app.photo_from_upload(good)
-    assert loaded.size == (app.WORK_SIZE, app.WORK_SIZE) and message.startswith("Loaded good.png")
+    assert loaded.size == (451, 300) and message.startswith("Loaded good.png")
 
 
 def test_command_line_defaults_are_local_only(monkeypatch):
@@ -221,7 +223,7 @@ def test_other_checkpoints_and_a_bad_one(tiny_checkpoint, photo, tmp_path, capsy
     tiny = app.load_pipeline(tiny_checkpoint)  # a folder: the package's pipeline class, no remote code
     result = app.reconstruct(tiny, photo, mode="random", mask_ratio=0.5, seed=0)
     assert result.total_patches == tiny.model.config.num_patches
-    assert result.reconstruction.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
+    assert result.reconstruction.size == (451, 300)
     assert app.main(["--model", str(tmp_path / "no-such-checkpoint")]) == 2
     assert "could not load the LMD checkpoint" in capsys.readouterr().err
 
@@ -344,19 +346,18 @@ def test_page_in_headless_chromium(browser_tools, running_app, tmp_path, photo, 
             assert hidden_patches == 64 - int(64 * 0.4 + 1e-6), status.input_value()  # int(L * (1 - r)) stay
             for selector in ("#lmd-masked", "#lmd-decoded", "#lmd-pasted"):
                 expect(page.locator(f"{selector} img").first).to_be_visible()
-            for label in ("Masked input (grey = hidden)", "Reconstruction (raw decode)",
-                          "Reconstruction with the visible pixels pasted back"):
+            for label in ("Photo (grey = to fill in)", "What the model drew (its square, enlarged)",
+                          "Result at the photo's size"):
                 expect(page.get_by_text(label, exact=True).first).to_be_visible()
             masked, decoded, pasted = (_fetch_image(page, s) for s in ("#lmd-masked", "#lmd-decoded", "#lmd-pasted"))
-            for image in (masked, decoded, pasted):
-                assert image.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
+            assert masked.size == pasted.size == (451, 300) and decoded.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)
             masked_array, pasted_array = np.asarray(masked, dtype=int), np.asarray(pasted, dtype=int)
             hidden = _hidden_grey(masked)
-            assert abs(hidden.mean() - hidden_patches / 64) < 0.1
+            assert abs(hidden[:, 75:375].mean() - hidden_patches / 64) < 0.1  # of the photo's centred square
             assert np.asarray(decoded).std() > 10 and pasted_array.std() > 10  # not blank
             assert np.abs(pasted_array - masked_array)[hidden].mean() > 10  # filled in, not the masked input
-            far = _far_from_hidden(hidden, pipe)  # visible pixels away from the fill are the input's own
-            assert np.abs(pasted_array - masked_array)[far].max() <= 1
+            far = _far_from_hidden(hidden, pipe, square_side=300)  # pixels away from the fill are the photo's own
+            assert np.abs(pasted_array - photo)[far].max() <= 1
 
             page.wait_for_timeout(300)  # let the images settle for the screenshot
             screenshot = tmp_path / "app_screenshot.png"

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import PIL.Image
+import PIL.ImageFilter
 import pytest
 import torch
 from transformers import pipeline
@@ -53,16 +54,66 @@ def test_the_ways_to_build_the_pipeline_in_process(tiny_checkpoint, pipe):
 
 def test_in_process_outputs(pipe, tiny_model):
     assert isinstance(pipe, LMDReconstructionPipeline)
-    out = pipe(make_image(), mask_ratio=0.5, seed=0)
-    assert set(out) >= {"reconstruction", "decoded", "masked_image", "mask"}
-    assert isinstance(out["reconstruction"], PIL.Image.Image) and out["reconstruction"].size == (32, 32)
-    assert isinstance(out["masked_image"], PIL.Image.Image) and out["masked_image"].mode == "RGB"
-    assert out["mask"].shape == (32, 32) and out["mask"].dtype == bool
-    assert out["patch_mask"].sum() == 8  # half of the 16 latent patches
-    assert out["mask"].mean() == 0.5
+    out = pipe(make_image(), mask_ratio=0.5, seed=0)  # a 50 x 40 photo
+    assert set(out) == {"reconstruction", "mask", "crop_box", "model_reconstruction", "model_decoded",
+                        "model_masked_image", "model_mask", "patch_mask"}
+    assert isinstance(out["reconstruction"], PIL.Image.Image) and out["reconstruction"].size == (50, 40)
+    assert out["mask"].shape == (40, 50) and out["mask"].dtype == bool
+    assert out["crop_box"] == (5, 0, 45, 40)  # the photo's centred square
+    for key in ("model_reconstruction", "model_decoded", "model_masked_image"):
+        assert isinstance(out[key], PIL.Image.Image) and out[key].size == (32, 32) and out[key].mode == "RGB"
+    assert out["model_mask"].shape == (32, 32) and out["patch_mask"].sum() == 8  # half of the 16 latent patches
+    assert out["model_mask"].mean() == 0.5
     # Hidden regions of the masked image are mid grey.
-    masked = np.array(out["masked_image"]).astype(int)
-    assert np.all(np.abs(masked[out["mask"]] - 128) <= 1)
+    masked = np.array(out["model_masked_image"]).astype(int)
+    assert np.all(np.abs(masked[out["model_mask"]] - 128) <= 1)
+    # The photo-size mask is the model's hidden patches, stretched from its 32 px square onto the photo's 40 px one.
+    expected = np.zeros((40, 50), dtype=bool)
+    expected[:, 5:45] = np.array(PIL.Image.fromarray(out["model_mask"]).resize((40, 40), PIL.Image.NEAREST))
+    assert np.array_equal(out["mask"], expected)
+
+
+def test_a_photo_comes_back_at_its_own_size_identical_outside_the_band(pipe):
+    photo = make_image(100, 150)  # 150 x 100, not square, larger than the model's 32 px
+    original = np.array(photo).astype(int)
+    hole = np.zeros((100, 150), dtype=bool)
+    hole[30:50, 100:130] = True
+    for kwargs in ({"mask_ratio": 0.5, "seed": 1}, {"mask": hole}):
+        out = pipe(photo, **kwargs)
+        result = np.array(out["reconstruction"]).astype(int)
+        assert out["reconstruction"].size == (150, 100)
+        left, top, right, bottom = out["crop_box"]
+        # The blend band: the VAE factor at the model's resolution, in photo pixels.
+        band = round(4 * (right - left) / 32)
+        near = np.array(PIL.Image.fromarray(out["mask"]).filter(PIL.ImageFilter.MaxFilter(2 * band + 1))) > 0
+        assert np.array_equal(result[~near], original[~near])  # the photo's own pixels, exactly
+        assert np.abs(result[out["mask"]] - original[out["mask"]]).mean() > 5  # the region was filled in
+    # Inpainting fills exactly the user's mask, seen in a square around it (here 20 x 30 + half of 30 each side).
+    assert np.array_equal(out["mask"], hole)
+    assert out["crop_box"] == (85, 10, 145, 70) and out["patch_mask"].any()
+    wider = pipe(photo, mask=hole, padding_mask_crop=30)
+    assert wider["crop_box"] == (60, 0, 150, 90) and np.array_equal(wider["mask"], hole)  # moved inside the photo
+
+
+def test_output_types_and_generators_follow_diffusers(pipe):
+    photo = make_image(100, 150)
+    pil = pipe(photo, mask_ratio=0.5, seed=2)
+    as_np = pipe(photo, mask_ratio=0.5, seed=2, output_type="np")
+    as_pt = pipe(photo, mask_ratio=0.5, seed=2, output_type="pt")
+    assert as_np["reconstruction"].shape == (100, 150, 3) and as_np["reconstruction"].dtype == np.float32
+    assert as_pt["reconstruction"].shape == (3, 100, 150) and 0 <= as_pt["reconstruction"].min()
+    assert np.array_equal((as_np["reconstruction"] * 255).round().astype(np.uint8), np.array(pil["reconstruction"]))
+    torch.testing.assert_close(as_pt["reconstruction"], torch.from_numpy(as_np["reconstruction"]).permute(2, 0, 1))
+    assert as_np["model_decoded"].shape == (32, 32, 3)
+    # A torch.Generator, as diffusers pipelines take it: the same seed, the same mask and output.
+    first = pipe(photo, mask_ratio=0.5, generator=torch.Generator().manual_seed(9))
+    second = pipe(photo, mask_ratio=0.5, generator=torch.Generator().manual_seed(9))
+    assert np.array_equal(first["patch_mask"], second["patch_mask"])
+    assert np.array_equal(np.array(first["reconstruction"]), np.array(second["reconstruction"]))
+    with pytest.raises(ValueError, match="either `seed` or `generator`"):
+        pipe(photo, seed=1, generator=torch.Generator())
+    with pytest.raises(ValueError, match="output_type must be 'pil', 'np' or 'pt'"):
+        pipe(photo, output_type="latent")
 
 
 def test_same_seed_same_output(pipe):
@@ -85,8 +136,12 @@ def test_batching_changes_nothing(pipe):
     # Inpainting several images whose masks hide different numbers of patches, in one batch.
     small, large = np.zeros((40, 50), dtype=bool), np.zeros((40, 50), dtype=bool)
     small[18:20, 26:28], large[:, :25] = True, True
-    filled = pipe([{"image": images[0], "mask": small}, {"image": images[1], "mask": large}], batch_size=2)
-    assert [int(o["patch_mask"].sum()) for o in filled] == [1, 8]
+    inputs = [{"image": images[0], "mask": small}, {"image": images[1], "mask": large}]
+    filled, alone = pipe(inputs, batch_size=2), pipe(inputs, batch_size=1)
+    assert len({int(o["patch_mask"].sum()) for o in filled}) == 2
+    for single, batch in zip(alone, filled):
+        assert np.array_equal(single["patch_mask"], batch["patch_mask"]) and single["crop_box"] == batch["crop_box"]
+        assert np.abs(np.array(single["reconstruction"]).astype(int) - np.array(batch["reconstruction"])).max() <= 1
 
 
 def test_inputs_paths_arrays_lists(pipe, tmp_path):
@@ -140,10 +195,10 @@ def test_clear_errors(pipe, tmp_path):
         pipe(image, mask=np.zeros((10, 10), dtype=bool))
     with pytest.raises(ValueError, match="every latent patch"):
         pipe(image, mask=np.ones((40, 50), dtype=bool))
-    with pytest.raises(FileNotFoundError, match="No image file"):
+    with pytest.raises(FileNotFoundError, match="No file at"):
         pipe(str(tmp_path / "missing.png"))
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match="Could not read"):
+    with pytest.raises(ValueError, match="'broken.png' is not an image file"):
         pipe(str(tmp_path / "broken.png"))
     with pytest.raises(ValueError, match="not both"):
         pipe(image, mask=np.zeros((40, 50), dtype=bool), mask_ratio=0.5)
