@@ -32,7 +32,7 @@ setup(
     include_package_data=True,
     # The project-trained demo checkpoints ship inside the package (the offline defaults), with the card template
     # (modeling_lmd/model_card.md links to the repository's top-level model_card.md; a wheel holds its content).
-    package_data={"modeling_lmd": ["pretrained/*/*", "model_card.md"]},
+    package_data={"modeling_lmd": ["pretrained/*.jpg", "pretrained/*/*", "model_card.md"]},
     python_requires=">=3.10",
     install_requires=[
         "torch",

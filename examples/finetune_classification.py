@@ -1,213 +1,209 @@
-"""Fine-tune an LMD encoder for image classification with `Trainer`, against the same model trained from scratch.
+#!/usr/bin/env python
+"""Fine-tune a pre-trained LMD encoder for image classification with the Hugging Face `Trainer`.
 
-Works on any `datasets` image-classification set (`--dataset NAME_OR_PATH`, columns `--image_column` /
-`--label_column`). The offline demo (`--dataset digits`, the default) uses scikit-learn's handwritten digits
-(1797 real 8x8 grayscale scans, 10 classes; shipped inside scikit-learn), upscaled to the model's image size,
-split 75/25 (stratified, fixed seed).
+`LMDForImageClassification.from_pretrained(checkpoint)` keeps the checkpoint's frozen VAE and pre-trained encoder
+and adds a new head (pooled tokens -> LayerNorm -> Linear); encoder and head are fine-tuned together. The script
+is transformers' `examples/pytorch/image-classification/run_image_classification.py` for LMD: the same arguments
+(model and data arguments and every `TrainingArguments` flag, on the command line or in one JSON file), a Hub
+dataset (`--dataset_name`) or image folders with one subfolder per class (`--train_dir` / `--validation_dir`),
+labels from the dataset's `ClassLabel`, RandomResizedCrop + horizontal flip for training, resize + centre crop
+(the model's `LMDImageProcessor`) for evaluation, and accuracy. The device is the Trainer's choice: a GPU when
+there is one (`--use_cpu` forces the CPU), or several with `torchrun` / `accelerate launch`.
 
-Both models share the same frozen VAE and the same budget (steps, batch, learning rate, seed); only the encoder's
-initialisation differs: pre-trained LMD weights vs random. The frozen VAE never changes and there is no data
-augmentation, so the latents are computed once and reused by both runs.
+Offline demo: scikit-learn's handwritten digits (8x8 scans, 10 classes) written as an image folder, fine-tuned
+from the shipped demo checkpoint (`modeling_lmd/pretrained/demo-lmd`, the default `--model_name_or_path`):
 
-Without a pre-trained checkpoint, `--pretrain_steps N` pre-trains a small LMD on the training images first
-(no labels; the progressive cosine mask schedule), so the comparison is self-contained and offline:
+    python -m modeling_lmd.demo_data --digits --output_dir data/digits
+    python examples/finetune_classification.py --train_dir data/digits/train --validation_dir data/digits/validation \
+        --output_dir runs/digits-clf --do_train --do_eval --max_steps 150 --per_device_train_batch_size 64 \
+        --learning_rate 1e-3
 
-    python examples/finetune_classification.py --pretrain_steps 1500 --max_steps 300 --output_dir runs/digits
-    python examples/finetune_classification.py --model_name_or_path path/to/lmd-checkpoint --max_steps 300
+On a GPU, a Hub dataset and a Hub LMD checkpoint, published on the Hub at the end:
+
+    python examples/finetune_classification.py --dataset_name beans --label_column_name labels \
+        --model_name_or_path your-name/lmd-base --output_dir runs/lmd-base-beans --do_train --do_eval \
+        --num_train_epochs 5 --per_device_train_batch_size 64 --learning_rate 1e-3 --bf16 \
+        --eval_strategy epoch --logging_steps 10 --push_to_hub --hub_model_id your-name/lmd-base-beans
+
+The output folder (model, image processor, metrics, model card) loads with
+`pipeline("image-classification", model=output_dir)` once `modeling_lmd` is imported, or with
+`trust_remote_code=True` without the package. `benchmarks/downstream.py` pre-trains a small LMD on the digits
+itself and compares this fine-tuning against the same encoder trained from scratch.
 """
 
-import argparse
-import json
+import logging
 import os
-import time
+import sys
+from dataclasses import dataclass, field
 
+import datasets
 import numpy as np
 import torch
-from datasets import ClassLabel, Dataset, load_dataset
-from transformers import Trainer, TrainingArguments
+import transformers
+from transformers import EvalPrediction, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
-from modeling_lmd import LMDConfig, LMDForImageClassification, LMDForPreTraining, LMDImageProcessor
-from modeling_lmd.data import collate_fn
-from modeling_lmd.demo_data import digits_dataset
-from modeling_lmd.pretrained import DEMO_VAE
-from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
+from modeling_lmd import LMDForImageClassification, LMDImageProcessor
+from modeling_lmd.data import RandomResizedCropFlip, load_image_datasets
+from modeling_lmd.pretrained import DEMO_LMD
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_name_or_path", default=None, help="pre-trained LMD checkpoint (folder or Hub id)")
-    parser.add_argument("--dataset", default="digits", help="'digits' (offline demo) or a datasets name / path")
-    parser.add_argument("--dataset_config", default=None)
-    parser.add_argument("--image_column", default="image")
-    parser.add_argument("--label_column", default="label")
-    parser.add_argument("--train_split", default="train")
-    parser.add_argument("--eval_split", default="test", help="split off 25%% of train when the dataset lacks it")
-    parser.add_argument("--max_train_samples", type=int, default=None)
-    parser.add_argument("--max_eval_samples", type=int, default=None)
-    parser.add_argument("--output_dir", default="runs/finetune_classification")
-    parser.add_argument("--max_steps", type=int, default=300, help="fine-tuning steps, the same for both models")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--weight_decay", type=float, default=0.05)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no_scratch", action="store_true", help="skip the from-scratch baseline")
-    pre = parser.add_argument_group("self-contained pre-training (when no --model_name_or_path)")
-    pre.add_argument("--pretrain_steps", type=int, default=0)
-    pre.add_argument("--pretrain_batch_size", type=int, default=128)
-    pre.add_argument("--pretrain_learning_rate", type=float, default=1.5e-3)
-    pre.add_argument("--vae", default=None, help="diffusers VAE folder; 'none' for the preset's random VAE (default: the shipped demo VAE)")
-    pre.add_argument("--preset", default="lmd-small")
-    pre.add_argument("--image_size", type=int, default=32)
-    pre.add_argument("--patch_size", type=int, default=2)
-    pre.add_argument("--hidden_size", type=int, default=128, help="encoder width of the demo model")
-    pre.add_argument("--num_hidden_layers", type=int, default=4)
-    pre.add_argument("--num_attention_heads", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
-    args = parser.parse_args(argv)
-    if args.model_name_or_path is None and args.pretrain_steps <= 0:
-        parser.error("give --model_name_or_path (a pre-trained LMD checkpoint) or --pretrain_steps N")
-    return args
+logger = logging.getLogger(__name__)
 
 
-def load_splits(args) -> tuple[Dataset, Dataset, list[str]]:
-    if args.dataset == "digits":
-        data = digits_dataset(seed=args.seed)
-    else:
-        data = load_dataset(args.dataset, args.dataset_config)
-    train = data[args.train_split]
-    if args.eval_split in data:
-        evaluation = data[args.eval_split]
-    else:
-        parts = train.train_test_split(test_size=0.25, seed=args.seed)
-        train, evaluation = parts["train"], parts["test"]
-    if args.max_train_samples:
-        train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
-    if args.max_eval_samples:
-        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
-    feature = train.features[args.label_column]
-    names = feature.names if isinstance(feature, ClassLabel) else [str(v) for v in sorted(set(train[args.label_column]))]
-    return train, evaluation, names
-
-
-@torch.no_grad()
-def compute_latents(model, processor, dataset, args, batch_size: int = 64) -> Dataset:
-    """Images -> frozen-VAE latents once, with integer labels."""
-    lmd = model.base_model.eval()
-    chunks = []
-    for start in range(0, len(dataset), batch_size):
-        batch = dataset[start : start + batch_size]
-        pixel_values = processor(batch[args.image_column], return_tensors="pt")["pixel_values"]
-        chunks.append(lmd.encode_images(pixel_values).float())
-    latents = torch.cat(chunks)
-    labels = dataset[args.label_column] if args.label_column in dataset.column_names else [0] * len(latents)
-    if args.label_column in dataset.column_names and not isinstance(dataset.features[args.label_column], ClassLabel):
-        index = {str(v): i for i, v in enumerate(sorted(set(labels)))}
-        labels = [index[str(v)] for v in labels]
-    return Dataset.from_dict({"latents": latents.numpy(), "labels": np.asarray(labels)}).with_format("torch")
-
-
-def pretrain(args, train_images: Dataset) -> str:
-    """A quick LMD pre-training with `LMDTrainer` on the training images (labels unused); returns the folder."""
-    overrides = {
-        "image_size": args.image_size,
-        "patch_size": args.patch_size,
-        "hidden_size": args.hidden_size,
-        "num_hidden_layers": args.num_hidden_layers,
-        "num_attention_heads": args.num_attention_heads,
-        "intermediate_size": 4 * args.hidden_size,
-    }
-    torch.manual_seed(args.seed)
-    if args.vae == "none":
-        print("--vae none: the demo uses the preset's randomly initialised (frozen) VAE")
-        model = LMDForPreTraining(LMDConfig.from_preset(args.preset, **overrides))
-    else:
-        model = LMDForPreTraining.from_vae(args.vae or DEMO_VAE, preset=args.preset, **overrides)
-    processor = LMDImageProcessor.from_model_config(model.config)
-    latents = compute_latents(model, processor, train_images, args).remove_columns("labels")
-    folder = os.path.join(args.output_dir, "pretrained-lmd")
-    training_args = LMDTrainingArguments(
-        output_dir=folder, max_steps=args.pretrain_steps, per_device_train_batch_size=args.pretrain_batch_size,
-        learning_rate=args.pretrain_learning_rate, warmup_steps=0.05, logging_steps=max(1, args.pretrain_steps // 10),
-        save_strategy="no", report_to="none", seed=args.seed, use_cpu=True, disable_tqdm=True,
-        dataloader_num_workers=0, dataloader_drop_last=True,
+@dataclass
+class ModelArguments:
+    model_name_or_path: str = field(
+        default=DEMO_LMD,
+        metadata={"help": "An LMD checkpoint (folder or Hub id) whose VAE and encoder are fine-tuned under a new "
+                  "head. Default: the shipped demo checkpoint (modeling_lmd/pretrained/demo-lmd)."},
     )
-    started = time.time()
-    LMDTrainer(model=model, args=training_args, train_dataset=latents, data_collator=collate_fn).train()
-    print(f"pre-training took {time.time() - started:.0f} s")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-def finetune(model, name, train, evaluation, args) -> float:
-    training_args = TrainingArguments(
-        output_dir=os.path.join(args.output_dir, name),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=256,
-        learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay,
-        warmup_steps=max(1, args.max_steps // 10),
-        lr_scheduler_type="cosine",
-        seed=args.seed,
-        data_seed=args.seed,
-        logging_steps=max(1, args.max_steps // 5),
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        dataloader_num_workers=0,
+    cache_dir: str | None = field(default=None, metadata={"help": "Where downloaded models and datasets are stored."})
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Start a new head when the checkpoint already has one for another number of labels."},
     )
 
-    def accuracy(eval_prediction):
-        logits, labels = eval_prediction
-        return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
-    trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=evaluation, compute_metrics=accuracy)
-    started = time.time()
-    trainer.train()
-    result = trainer.evaluate()["eval_accuracy"]
-    print(f"{name}: accuracy {result:.4f} on {len(evaluation)} held-out images ({time.time() - started:.0f} s)")
-    return result, trainer
-
-
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    train_images, eval_images, names = load_splits(args)
-    checkpoint = args.model_name_or_path or pretrain(args, train_images)
-
-    id2label = dict(enumerate(names))
-    label2id = {name: i for i, name in id2label.items()}
-    pretrained = LMDForImageClassification.from_pretrained(
-        checkpoint, num_labels=len(names), id2label=id2label, label2id=label2id
+@dataclass
+class DataTrainingArguments:
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "A Hub dataset, or a local folder `datasets` can load (e.g. an image folder)."}
     )
-    processor = LMDImageProcessor.from_model_config(pretrained.config)
-    train = compute_latents(pretrained, processor, train_images, args)
-    evaluation = compute_latents(pretrained, processor, eval_images, args)
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The dataset configuration."})
+    train_dir: str | None = field(default=None, metadata={"help": "Training images, one subfolder per class."})
+    validation_dir: str | None = field(default=None, metadata={"help": "Validation images, one subfolder per class."})
+    image_column_name: str = field(default="image", metadata={"help": "The column that holds the images."})
+    label_column_name: str = field(default="label", metadata={"help": "The column that holds the labels."})
+    train_val_split: float | None = field(
+        default=0.15, metadata={"help": "Share of train held out for validation when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training images."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation images."})
+    augment: bool = field(
+        default=True,
+        metadata={"help": "Train on RandomResizedCrop + horizontal flip, as run_image_classification does; false for "
+                  "sets where a crop or a flip can change the class (digits, text): then as evaluation sees them."},
+    )
 
-    results = {"dataset": args.dataset, "train_size": len(train), "eval_size": len(evaluation), "checkpoint": checkpoint}
-    results["lmd_init_accuracy"], trainer = finetune(pretrained, "lmd-init", train, evaluation, args)
-    trainer.model.save_pretrained(os.path.join(args.output_dir, "lmd-init"))
-    processor.save_pretrained(os.path.join(args.output_dir, "lmd-init"))
 
-    if not args.no_scratch:
-        torch.manual_seed(args.seed)
-        scratch = LMDForImageClassification(pretrained.config)  # random encoder and head ...
-        scratch.lmd.vae.load_state_dict(pretrained.lmd.vae.state_dict())  # ... on the same frozen VAE
-        results["scratch_accuracy"], _ = finetune(scratch, "scratch", train, evaluation, args)
+def parse_arguments(args: list[str] | None):
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    args = sys.argv[1:] if args is None else list(args)
+    if len(args) == 1 and args[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(args[0]))
+    return parser.parse_args_into_dataclasses(args=args)
 
-    results["args"] = vars(args)
-    os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    summary = f"LMD-initialised: {results['lmd_init_accuracy']:.4f}"
-    if "scratch_accuracy" in results:
-        summary += f"   from scratch: {results['scratch_accuracy']:.4f}"
-    print(summary)
-    return results
+
+def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
+    return {"accuracy": float((np.argmax(prediction.predictions, axis=1) == prediction.label_ids).mean())}
+
+
+def main(args: list[str] | None = None) -> dict:
+    """Train and/or evaluate, save and publish; returns the train and eval metrics."""
+    model_args, data_args, training_args = parse_arguments(args)
+    # The transforms below read the image column, which the Trainer would otherwise drop as no argument of forward().
+    training_args.remove_unused_columns = False
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        handlers=[logging.StreamHandler(sys.stdout)])
+    if training_args.should_log:  # "passive" log level: INFO on the main process, as the transformers examples do
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.warning(f"Process rank {training_args.process_index}, device {training_args.device}, "
+                   f"{training_args.n_gpu} GPU(s), bf16 {training_args.bf16}, fp16 {training_args.fp16}")
+
+    dataset = load_image_datasets(
+        dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
+        train_dir=data_args.train_dir, validation_dir=data_args.validation_dir,
+        train_val_split=data_args.train_val_split, cache_dir=model_args.cache_dir, seed=training_args.seed,
+    )
+    image_column, label_column = data_args.image_column_name, data_args.label_column_name
+    for flag, column in (("image_column_name", image_column), ("label_column_name", label_column)):
+        if column not in dataset["train"].column_names:
+            raise ValueError(f"--{flag} {column!r} not found; the dataset has columns {dataset['train'].column_names}.")
+    labels = dataset["train"].features[label_column]
+    if not isinstance(labels, datasets.ClassLabel):
+        raise ValueError(f"The label column {label_column!r} is a {labels}, not a ClassLabel with the class names; "
+                         "encode it first (datasets' `class_encode_column`).")
+    id2label = dict(enumerate(labels.names))
+    label2id = {name: index for index, name in id2label.items()}
+    if training_args.do_eval and "validation" not in dataset:
+        raise ValueError("--do_eval needs a validation split: --validation_dir, or a --train_val_split above 0.")
+
+    set_seed(training_args.seed)  # the new head's initialisation
+    model = LMDForImageClassification.from_pretrained(
+        model_args.model_name_or_path, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+        ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, cache_dir=model_args.cache_dir,
+    )
+    # A pre-training checkpoint's config declares its reconstruction pipeline; this classifier is not one.
+    if getattr(model.config, "custom_pipelines", None):
+        del model.config.custom_pipelines
+    image_processor = LMDImageProcessor.from_model_config(model.config)
+    random_crop_flip = RandomResizedCropFlip(model.config.image_size)
+
+    def val_transforms(examples):
+        examples["pixel_values"] = list(image_processor(examples[image_column], return_tensors="pt")["pixel_values"])
+        return examples
+
+    def train_transforms(examples):
+        if not data_args.augment:
+            return val_transforms(examples)
+        # Crops and flips draw from torch's global generator, which the Trainer seeds with --seed (DataLoader workers
+        # get their seeds from it): the same command trains on the same augmented images.
+        examples["pixel_values"] = [random_crop_flip(image, torch.default_generator) for image in examples[image_column]]
+        return examples
+
+    def collate_fn(examples):
+        return {"pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+                "labels": torch.tensor([example[label_column] for example in examples])}
+
+    train_dataset = eval_dataset = None
+    if training_args.do_train:
+        train_dataset = dataset["train"]
+        if data_args.max_train_samples is not None:
+            count = min(data_args.max_train_samples, len(train_dataset))
+            train_dataset = train_dataset.shuffle(seed=training_args.seed).select(range(count))
+        train_dataset = train_dataset.with_transform(train_transforms)
+    if training_args.do_eval:
+        eval_dataset = dataset["validation"]
+        if data_args.max_eval_samples is not None:  # shuffled: an image folder lists its images class by class
+            count = min(data_args.max_eval_samples, len(eval_dataset))
+            eval_dataset = eval_dataset.shuffle(seed=training_args.seed).select(range(count))
+        eval_dataset = eval_dataset.with_transform(val_transforms)
+
+    trainer = Trainer(
+        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        data_collator=collate_fn, compute_metrics=compute_metrics,
+        processing_class=image_processor,  # saved (and pushed) with the model: preprocessor_config.json
+    )
+    metrics = {}
+    if training_args.do_train:
+        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        train_metrics = {**result.metrics, "train_samples": len(train_dataset)}
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        trainer.save_state()
+        metrics.update(train_metrics)
+    if training_args.do_eval:
+        eval_metrics = {**trainer.evaluate(), "eval_samples": len(eval_dataset)}
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+
+    # The card's base_model is filled in by the Trainer from the checkpoint when that is a Hub id; a dataset is
+    # named only when it is a Hub id too (a local folder has no page to link to).
+    card = {"tasks": "image-classification", "tags": ["image-classification", "vision", "lmd"],
+            "dataset": data_args.dataset_name if data_args.dataset_name and not os.path.exists(data_args.dataset_name)
+            else None}
+    if training_args.push_to_hub:  # saves the model and image processor, writes README.md, uploads the folder
+        trainer.push_to_hub(**card)
+    else:
+        trainer.create_model_card(**card)
+    return metrics
 
 
 if __name__ == "__main__":

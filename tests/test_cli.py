@@ -1,25 +1,13 @@
 """The command lines users meet: example defaults that never write into the installed package, and `--device`."""
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import load_script
 
 import modeling_lmd
 
-REPO = Path(__file__).resolve().parent.parent
 PACKAGE = os.path.dirname(os.path.abspath(modeling_lmd.__file__))
-
-
-def load_script(relative_path: str):
-    name = f"script_{Path(relative_path).stem}"
-    spec = importlib.util.spec_from_file_location(name, REPO / relative_path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("script", ["examples/train_vae.py", "examples/eval_vae.py"])

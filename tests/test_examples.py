@@ -1,20 +1,13 @@
 """Every example runs offline on a tiny checkpoint, called in-process through its `main(argv)`."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import PIL.Image
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+from conftest import load_script
 
 
 def load_example(name):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f"examples/{name}.py")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from PIL import Image
 
 from hub_server import HubServer
 from conftest import REPO_ROOT
-from subprocess_helpers import FLOAT_ATOL, child_env, run_python
+from subprocess_helpers import FLOAT_ATOL, hub_env, run_python
 from modeling_lmd import LMDForPreTraining
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
 
@@ -34,19 +34,6 @@ with torch.no_grad():
 torch.save({"loss": out.loss, "logits": out.logits, "mask": out.mask, "module": type(model).__module__,
             "mask_ratio": model.config.mask_ratio}, sys.argv[3])
 """
-
-
-def hub_env(endpoint: str, home: str) -> dict:
-    """A child's environment that talks to the local server (online mode, fake token, its own HF_HOME)."""
-    return child_env(
-        HF_ENDPOINT=endpoint,
-        HF_HUB_OFFLINE="0",
-        TRANSFORMERS_OFFLINE="0",
-        HF_TOKEN="hf_fake_token_for_the_local_test_server",
-        HF_HOME=home,
-        NO_PROXY="127.0.0.1,localhost",
-        no_proxy="127.0.0.1,localhost",
-    )
 
 
 def test_push_then_load_with_remote_code(tmp_path):

@@ -239,3 +239,37 @@ def test_remote_code_pipeline_without_the_package(pipe, tiny_checkpoint, tmp_pat
     assert np.array_equal(np.load(tmp_path / "patch_mask.npy"), expected["patch_mask"])
     assert_images_close(PIL.Image.open(tmp_path / "reconstruction.png"), expected["reconstruction"])
     assert_images_close(PIL.Image.open(tmp_path / "inpaint.png"), expected_inpaint["reconstruction"])
+
+
+def test_the_shipped_folders_are_hub_ready_as_they_are(tmp_path):
+    """Copied as an upload copies them (links followed), demo-lmd loads and reconstructs from its own code alone, and
+    demo-vae is a plain diffusers folder."""
+    import shutil
+
+    from modeling_lmd.pretrained import DEMO_LMD, DEMO_VAE, EXAMPLE_PHOTO
+
+    shutil.copytree(DEMO_LMD, tmp_path / "demo-lmd")
+    shutil.copytree(DEMO_VAE, tmp_path / "demo-vae")
+    code = {"configuration_lmd.py", "modeling_lmd.py", "vae_lmd.py", "mask_schedulers.py", "image_processing_lmd.py",
+            "pipeline_lmd.py", "reconstruction_lmd.py"}
+    assert all((tmp_path / "demo-lmd" / name).is_file() and not (tmp_path / "demo-lmd" / name).is_symlink()
+               for name in code)
+    expected = pipeline("lmd-reconstruction", model=DEMO_LMD, pipeline_class=LMDReconstructionPipeline)(
+        EXAMPLE_PHOTO, mask_ratio=0.5, seed=0)
+    run_without_package(
+        f"""
+        import numpy as np
+        from diffusers import AutoencoderKL
+        from transformers import AutoModelForPreTraining, pipeline
+        model = AutoModelForPreTraining.from_pretrained("demo-lmd", trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules") and model.dtype.is_floating_point
+        pipe = pipeline("lmd-reconstruction", model="demo-lmd", trust_remote_code=True)
+        out = pipe({EXAMPLE_PHOTO!r}, mask_ratio=0.5, seed=0)
+        out["reconstruction"].save("reconstruction.png")
+        np.save("patch_mask.npy", out["patch_mask"])
+        assert AutoencoderKL.from_pretrained("demo-vae").config.latent_channels == 4
+        """,
+        cwd=tmp_path,
+    )
+    assert np.array_equal(np.load(tmp_path / "patch_mask.npy"), expected["patch_mask"])
+    assert_images_close(PIL.Image.open(tmp_path / "reconstruction.png"), expected["reconstruction"])

@@ -8,11 +8,9 @@ from diffusers import AutoencoderKL
 
 from modeling_lmd import LMDConfig, LMDForPreTraining
 from modeling_lmd import modeling_lmd as modeling
+from conftest import TINY_KL_F8_VAE_CONFIG
 from modeling_lmd.configuration_lmd import SD_KL_F8_VAE_CONFIG, TINY_KL_F4_VAE_CONFIG
 
-#: An 8x (four-level) VAE as small as the tests' 4x one: Stable Diffusion's factor at a few kilobytes.
-TINY_KL_F8_VAE_CONFIG = {**TINY_KL_F4_VAE_CONFIG, "block_out_channels": [8, 16, 16, 16],
-                         "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4}
 
 
 def test_a_preset_on_a_vae_of_another_factor_names_the_image_size_that_fits():

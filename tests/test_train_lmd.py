@@ -22,19 +22,7 @@ from modeling_lmd.data import (
 )
 from modeling_lmd.image_processing_lmd import to_rgb_image
 
-
-
-
-def write_image_folder(root, counts=(("train", 8), ("validation", 3)), seed=0):
-    """Random images of mixed modes (RGB, L, RGBA, P) and sizes, one folder per split."""
-    rng = np.random.default_rng(seed)
-    for split, count in counts:
-        os.makedirs(os.path.join(root, split), exist_ok=True)
-        for i in range(count):
-            image = Image.fromarray((rng.random((36 + 4 * (i % 3), 44, 3)) * 255).astype(np.uint8))
-            image = image.convert(("RGB", "L", "RGBA", "P")[i % 4])
-            image.save(os.path.join(root, split, f"img{i}.png"))
-    return root
+from conftest import write_image_folder
 
 
 @pytest.fixture

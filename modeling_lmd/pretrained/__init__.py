@@ -1,4 +1,5 @@
-"""Checkpoints that ship inside the package; each folder has a README.md with its card and reproduction command."""
+"""Checkpoints that ship inside the package (each folder has a README.md with its card and reproduction command),
+and a photo to try them on."""
 
 import os
 
@@ -12,3 +13,7 @@ DEMO_VAE = os.path.join(HERE, "demo-vae")
 #: and the demo app, usable offline with no training. It carries its own VAE, the first demo VAE, which `DEMO_VAE`
 #: has since replaced.
 DEMO_LMD = os.path.join(HERE, "demo-lmd")
+
+#: A photo to try the models on, offline: Chelsea the cat (451 x 300), from scikit-image's sample data (CC0, by Stefan
+#: van der Walt). It is one of the demo's validation photographs: no model here was trained on it.
+EXAMPLE_PHOTO = os.path.join(HERE, "cat.jpg")

@@ -1,0 +1,1 @@
+../../reconstruction_lmd.py
