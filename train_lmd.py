@@ -56,7 +56,13 @@ from modeling_lmd.data import (
 from modeling_lmd.metrics import save_reconstruction_grid
 from modeling_lmd.model_card import render_model_card
 from modeling_lmd.pretrained import DEMO_VAE
-from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments, last_complete_checkpoint, total_train_batch_size
+from modeling_lmd.trainer import (
+    LMDTrainer,
+    LMDTrainingArguments,
+    check_checkpoint,
+    last_complete_checkpoint,
+    total_train_batch_size,
+)
 from modeling_lmd.vae_lmd import read_vae_config, vae_reference
 
 
@@ -333,6 +339,12 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
         output_dir = training_args.output_dir
         checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
         logger.info(f"Resuming from {checkpoint}." if checkpoint else "No complete checkpoint yet: starting anew.")
+    elif checkpoint is not None:  # a named checkpoint is checked the same way, before anything is built
+        try:
+            check_checkpoint(checkpoint)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise ValueError(f"Cannot resume from {checkpoint} ({type(error).__name__}: {error}); "
+                             "--resume_from_checkpoint last picks the newest complete checkpoint.") from error
 
     set_seed(training_args.seed)  # a new model's initialisation is reproducible
     model, vae_description = build_model(model_args, data_args)

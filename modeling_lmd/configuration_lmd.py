@@ -19,6 +19,12 @@ VAE_TYPES = ("AutoencoderKL", "VQModel", "AutoencoderTiny")
 #: The order in which progressive un-masking reveals hidden patches (`reconstruction_lmd`).
 REVEAL_ORDERS = ("random", "nearest")
 
+#: Bounds that refuse an absurd (tampered or mistyped) config at once, before any memory is taken: layers per stack,
+#: patch tokens, and the ViT's parameters as estimated from widths and depths (1e10 is about 40 GB in fp32).
+MAX_LAYERS = 1024
+MAX_TOKENS = 256 * 256
+MAX_PARAMETERS = 10**10
+
 #: How `LMDForImageClassification` pools the encoder output.
 CLASSIFIER_POOLINGS = ("mean", "cls")
 
@@ -258,6 +264,9 @@ class LMDConfig(PreTrainedConfig):
                 f"`patch_size` ({self.patch_size}) must divide the latent size ({self.latent_size} = image_size "
                 f"{self.image_size} / VAE factor {factor})."
             )
+        if self.num_patches > MAX_TOKENS:
+            raise ValueError(f"image_size {self.image_size} with latent patch {self.patch_size} gives {self.num_patches} "
+                             f"tokens; the limit is {MAX_TOKENS}. Use a larger `patch_size` or a smaller `image_size`.")
         if not self.vae_in_checkpoint and not self.vae_name_or_path:
             raise ValueError("`vae_in_checkpoint=False` needs `vae_name_or_path` (a Hub id or folder) to load the VAE "
                              "from; without it a checkpoint would lose its VAE.")
@@ -282,6 +291,15 @@ class LMDConfig(PreTrainedConfig):
                 raise ValueError(f"`{name}` must be a positive integer, got {getattr(self, name)}.")
         if self.decoder_num_hidden_layers < 0:
             raise ValueError(f"`decoder_num_hidden_layers` must be >= 0, got {self.decoder_num_hidden_layers}.")
+        for name in ("num_hidden_layers", "decoder_num_hidden_layers"):
+            if getattr(self, name) > MAX_LAYERS:
+                raise ValueError(f"`{name}` is {getattr(self, name)}; the limit is {MAX_LAYERS}.")
+        parameters = (self.num_hidden_layers * (4 * self.hidden_size**2 + 2 * self.hidden_size * self.intermediate_size)
+                      + self.decoder_num_hidden_layers * (4 * self.decoder_hidden_size**2
+                                                          + 2 * self.decoder_hidden_size * self.decoder_intermediate_size))
+        if parameters > MAX_PARAMETERS:
+            raise ValueError(f"These widths and depths make about {parameters:.2g} ViT parameters; the limit is "
+                             f"{MAX_PARAMETERS:.0e} (about {4 * MAX_PARAMETERS / 1e9:.0f} GB in fp32).")
         for width, heads, prefix in (
             (self.hidden_size, self.num_attention_heads, ""),
             (self.decoder_hidden_size, self.decoder_num_attention_heads, "decoder_"),

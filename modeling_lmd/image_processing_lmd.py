@@ -57,8 +57,17 @@ def load_image_url(url: str) -> PIL.Image.Image:
         raise ValueError(f"Could not fetch an image from {url!r}: {error}") from error
 
 
+#: How far a float image may stray outside [0, 1] (rounding in a resize, say) before it is refused: half a level.
+FLOAT_TOLERANCE = 0.5 / 255
+
+
 def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
-    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4}; uint8, bool, or floats in [0, 1] -> PIL."""
+    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} -> PIL. uint8 and bool arrays are taken as they are; other
+    integers must be in [0, 255]; floats must be finite and in [0, 1] (diffusers' convention). Anything else is
+    refused with what came and how to convert it: a float image in [0, 255] or [-1, 1] is a common slip that would
+    otherwise come back white or clipped."""
+    if array.size == 0:
+        raise ValueError(f"The image array is empty (shape {tuple(array.shape)}).")
     if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
         array = np.moveaxis(array, 0, -1)  # channels first -> last
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -70,10 +79,23 @@ def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif np.issubdtype(array.dtype, np.floating):
-        # Floats are taken as [0, 1] (what most libraries produce); clip stray values.
+        bad = int((~np.isfinite(array)).sum())
+        if bad:
+            raise ValueError(f"The image holds {bad} NaN or infinite value(s); expected finite floats in [0, 1].")
+        low, high = float(array.min()), float(array.max())
+        if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+            raise ValueError(f"Float images must be in [0, 1], got values in [{low:g}, {high:g}]: divide [0, 255] "
+                             "values by 255, map [-1, 1] values with (x + 1) / 2, or pass uint8.")
         array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     elif array.dtype != np.uint8:
-        array = np.clip(array, 0, 255).astype(np.uint8)
+        if not np.issubdtype(array.dtype, np.integer):
+            raise ValueError(f"Expected an image array of uint8, other integers in [0, 255], bool or floats in "
+                             f"[0, 1], got dtype {array.dtype}.")
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(f"Integer images must be in [0, 255], got values in [{low}, {high}]; bring 16-bit "
+                             "images to 8 bits first (e.g. x // 257), or pass them as PIL images.")
+        array = array.astype(np.uint8)
     return PIL.Image.fromarray(array)
 
 
@@ -215,19 +237,26 @@ class LMDImageProcessor(PilBackend):
         """A user's mask over an image's pixels -> boolean `(H, W)`, True = to fill in.
 
         Args:
-            mask: a boolean / 0-1 array `(H, W)` (or `(H, W, C)`, any channel non-zero) or a PIL image (non-zero =
-                masked), the same size as the image.
+            mask: a boolean or 0 / 1 array `(H, W)` (0 / 255 in uint8), or a PIL image (non-black = masked), the
+                same size as the image.
             image_size: `(H, W)` of the image.
         """
         if isinstance(mask, PIL.Image.Image):
-            mask = np.array(mask.convert("L")) > 0
+            mask = np.array(mask.convert("L")) > 0  # a mask image: white (any non-black) = fill in
         elif isinstance(mask, torch.Tensor):
             mask = mask.detach().cpu().numpy()
         mask = np.asarray(mask)
-        if mask.ndim == 3:
-            mask = mask.any(axis=-1) if mask.shape[-1] in (1, 3, 4) else mask.any(axis=0)
-        if mask.ndim != 2:
-            raise ValueError(f"Expected a 2D mask (height, width), got shape {tuple(mask.shape)}.")
+        if mask.ndim != 2 or mask.size == 0:
+            raise ValueError(f"Expected a 2-D mask (height, width) of booleans or 0 / 1, got shape {tuple(mask.shape)}; "
+                             "pass an RGB mask image as a PIL image (white = fill in), or reduce it first, e.g. "
+                             "mask.any(axis=-1).")
+        if mask.dtype != bool:
+            values = set(np.unique(mask).tolist())
+            allowed = {0, 1, 255} if mask.dtype == np.uint8 else {0, 1}
+            if not values <= allowed:
+                shown = ", ".join(f"{value:g}" for value in sorted(values, key=str)[:5])
+                raise ValueError(f"Expected a mask of booleans or 0 / 1 (or 0 / 255 in uint8), got values {shown}"
+                                 f"{', ...' if len(values) > 5 else ''}; threshold it first, e.g. mask > 0.5.")
         if tuple(mask.shape) != tuple(image_size):
             raise ValueError(
                 f"The mask is {mask.shape[0]}x{mask.shape[1]} (height x width) but the image is "

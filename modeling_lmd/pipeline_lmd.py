@@ -33,7 +33,8 @@ class LMDReconstructionPipeline(Pipeline):
     outside the filled region the result is the photo's own pixels, blended over a narrow band at the border.
 
     Inputs: a path, PIL image, numpy array or tensor, a `{"image": ..., "mask": ...}` dict, or a list of those.
-    Options: `mask` (a boolean array or PIL image over the photo's pixels), `mask_ratio`, `seed` (image `i` of a
+    Options: `mask` (a boolean array or PIL image over the photo's pixels; for a list of photos, one mask for all or a
+    list of one per photo), `mask_ratio`, `seed` (image `i` of a
     call draws its mask and reveal order from `(seed, i)`, so batching changes nothing) or `generator` (a
     `torch.Generator`, as in diffusers), `padding_mask_crop`, `num_inference_steps` (progressive un-masking),
     `reveal_order`, `output_type` (`"pil"`, `"np"` float in [0, 1] `(H, W, 3)`, `"pt"` `(3, H, W)`).
@@ -72,8 +73,14 @@ class LMDReconstructionPipeline(Pipeline):
             self.image_processor = LMDImageProcessor.from_model_config(self.model.config)
 
     def __call__(self, inputs, **kwargs):
-        # Number the images of this call, so that each one's random mask depends on (seed, index) only.
         if isinstance(inputs, (list, tuple)):
+            masks = kwargs.get("mask")
+            if isinstance(masks, (list, tuple)):  # one mask per image, as diffusers' pipelines take a list
+                if len(masks) != len(inputs):
+                    raise ValueError(f"Got {len(masks)} masks for {len(inputs)} images; pass one mask per image.")
+                del kwargs["mask"]
+                inputs = [{**self._as_dict(item), "mask": mask} for item, mask in zip(inputs, masks)]
+            # Number the images of this call, so that each one's random mask depends on (seed, index) only.
             inputs = [{**self._as_dict(item), "index": index} for index, item in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
 

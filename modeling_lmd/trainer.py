@@ -221,29 +221,58 @@ class LMDTrainer(Trainer):
                 handle.write(self.model_card_text)
 
 
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` folder a run can resume from exactly, skipping (with a warning) any that a kill
-    cut short. The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG states first and
-    `trainer_state.json` last, and deletes older checkpoints only after that, so a kill leaves the previous
-    checkpoint complete: complete means a parsable trainer state, readable weights and the optimizer state."""
-    import glob
+#: What a resume cannot do without (the weights come as one file or as shards with an index).
+CHECKPOINT_REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+
+
+def check_readable(path: str) -> None:
+    """Raise unless the file reads to its end, by the kind a resume reads it as: JSON parses, every safetensors
+    tensor loads, and a torch file (optimizer, scheduler, RNG states: zip archives) has every record intact by its
+    CRC, checked without unpickling anything."""
     import json
-    import re
+    import zipfile
 
     from safetensors import safe_open
+
+    if path.endswith(".json"):
+        with open(path, encoding="utf-8") as handle:
+            json.load(handle)
+    elif path.endswith(".safetensors"):
+        with safe_open(path, framework="pt") as handle:
+            for name in handle.keys():
+                handle.get_tensor(name)
+    elif path.endswith((".pt", ".pth", ".bin")):
+        with zipfile.ZipFile(path) as archive:
+            broken = archive.testzip()
+        if broken is not None:
+            raise ValueError(f"record {broken} is damaged")
+
+
+def check_checkpoint(folder: str) -> None:
+    """Raise unless a run can resume from `folder` exactly: the trainer state, the optimizer and scheduler states
+    and the weights are there, and every file in it reads to its end (`check_readable`)."""
+    names = set(os.listdir(folder))
+    missing = [name for name in CHECKPOINT_REQUIRED if name not in names]
+    if not {"model.safetensors", "model.safetensors.index.json"} & names:
+        missing.append("model.safetensors")
+    if missing:
+        raise FileNotFoundError(f"no {', '.join(missing)}")
+    for name in sorted(names):
+        check_readable(os.path.join(folder, name))
+
+
+def last_complete_checkpoint(output_dir: str) -> str | None:
+    """The newest `checkpoint-N` folder that passes `check_checkpoint`, skipping (with a warning) any that a kill or
+    a damaged disk cut short. The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG states first and
+    `trainer_state.json` last, and deletes older checkpoints only after that, so a kill leaves the previous
+    checkpoint complete."""
+    import glob
+    import re
 
     folders = [f for f in glob.glob(os.path.join(output_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", f)]
     for folder in sorted(folders, key=lambda f: int(f.rsplit("-", 1)[1]), reverse=True):
         try:
-            with open(os.path.join(folder, "trainer_state.json"), encoding="utf-8") as handle:
-                json.load(handle)
-            weights = os.path.join(folder, "model.safetensors")
-            with safe_open(weights, framework="pt") as handle:
-                for name in handle.keys():  # reads every tensor: a truncated file fails here
-                    handle.get_tensor(name)
-            for name in ("optimizer.pt", "scheduler.pt"):
-                if os.path.getsize(os.path.join(folder, name)) == 0:
-                    raise ValueError(f"{name} is empty")
+            check_checkpoint(folder)
         except Exception as error:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable
             logger.warning(f"Skipping incomplete checkpoint {folder} ({type(error).__name__}: {error}).")
             continue
@@ -251,5 +280,5 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-__all__ = ["LMDTrainer", "LMDTrainingArguments", "is_vae_parameter", "last_complete_checkpoint",
-           "total_train_batch_size"]
+__all__ = ["LMDTrainer", "LMDTrainingArguments", "check_checkpoint", "check_readable", "is_vae_parameter",
+           "last_complete_checkpoint", "total_train_batch_size"]

@@ -64,7 +64,7 @@ def test_batches_and_paths(processor, tmp_path):
     with pytest.raises(FileNotFoundError, match="No file at"):
         processor(str(tmp_path / "missing.png"))
     (tmp_path / "not-an-image.png").write_text("hello")
-    with pytest.raises(ValueError, match="Could not read"):
+    with pytest.raises(ValueError, match="is not an image file"):
         processor(str(tmp_path / "not-an-image.png"))
 
 
@@ -121,3 +121,56 @@ def test_every_checkpoint_carries_a_matching_processor(tiny_checkpoint):
     processor = AutoImageProcessor.from_pretrained(tiny_checkpoint)
     assert isinstance(processor, LMDImageProcessor)
     assert (processor.size["height"], processor.size["width"]) == (32, 32)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.full((8, 8, 3), 200.0), r"Float images must be in \[0, 1\], got values in \[200, 200\]: divide"),
+        (np.linspace(-1, 1, 192).reshape(8, 8, 3), r"got values in \[-1, 1\].*\(x \+ 1\) / 2"),
+        (np.full((8, 8, 3), np.nan), r"holds 192 NaN or infinite value\(s\)"),
+        (np.where(np.eye(8)[..., None] > 0, np.inf, 0.5) * np.ones((1, 1, 3)), r"holds 24 NaN or infinite"),
+        (np.full((8, 8), 4095, dtype=np.uint16), r"Integer images must be in \[0, 255\], got values in \[4095, 4095\]"),
+        (np.full((8, 8), -3, dtype=np.int32), r"Integer images must be in \[0, 255\], got values in \[-3, -3\]"),
+        (np.zeros((0, 8, 3), dtype=np.uint8), r"The image array is empty \(shape \(0, 8, 3\)\)"),
+        (torch.rand(3, 8, 8) * 2 - 1, r"Float images must be in \[0, 1\]"),  # model pixels, not an image
+    ],
+    ids=["float-0-255", "float-minus-one-one", "nan", "inf", "uint16", "negative-int", "empty", "tensor-minus-one-one"],
+)
+def test_arrays_the_processor_would_misread_are_refused_saying_what_came(processor, array, message):
+    with pytest.raises(ValueError, match=message):
+        processor(array, return_tensors="pt")
+
+
+def test_floats_a_hair_outside_zero_one_and_small_ints_are_documented_conversions(processor):
+    nearly = np.clip(np.random.default_rng(0).random((8, 8, 3)), 0, 1)
+    nearly[0, 0] = (1.0 + 1e-4, -1e-4, 0.5)  # resize rounding: clipped, not refused
+    pixels = processor(nearly, return_tensors="pt")["pixel_values"]
+    assert pixels.max() <= 1 and pixels.min() >= -1
+    small = processor(np.full((8, 8), 255, dtype=np.int64), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(small, torch.ones_like(small))
+
+
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (np.ones((32, 96, 3), dtype=bool), r"Expected a 2-D mask .* got shape \(32, 96, 3\)"),
+        (np.full((32, 96), np.nan), r"got values nan; threshold it first"),
+        (np.full((32, 96), 0.5), r"got values 0.5; threshold it first, e.g. mask > 0.5"),
+        (np.zeros((0, 96), dtype=bool), r"Expected a 2-D mask .* got shape \(0, 96\)"),
+    ],
+    ids=["3-d", "nan", "fractions", "empty"],
+)
+def test_masks_that_are_not_2d_booleans_or_zero_one_are_refused(mask, message):
+    processor = LMDImageProcessor(size={"height": 32, "width": 32})
+    with pytest.raises(ValueError, match=message):
+        processor.mask_array(mask, (32, 96))
+
+
+def test_mask_conventions_that_are_accepted():
+    processor = LMDImageProcessor(size={"height": 32, "width": 32})
+    expected = np.zeros((4, 6), dtype=bool)
+    expected[1, 2] = True
+    for mask in (expected, expected.astype(np.float32), expected.astype(np.uint8) * 255,
+                 PIL.Image.fromarray(expected.astype(np.uint8) * 255), torch.from_numpy(expected)):
+        assert np.array_equal(processor.mask_array(mask, (4, 6)), expected)

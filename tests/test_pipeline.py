@@ -273,3 +273,16 @@ def test_the_shipped_folders_are_hub_ready_as_they_are(tmp_path):
     )
     assert np.array_equal(np.load(tmp_path / "patch_mask.npy"), expected["patch_mask"])
     assert_images_close(PIL.Image.open(tmp_path / "reconstruction.png"), expected["reconstruction"])
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_mixed_sizes_with_a_mask_each(pipe, batch_size):
+    photos = [make_image(40, 50), make_image(64, 30, seed=1)]
+    masks = [np.zeros((40, 50), dtype=bool), np.zeros((64, 30), dtype=bool)]
+    masks[0][5:15, 5:15] = True
+    masks[1][40:60, 10:20] = True
+    outputs = pipe(photos, mask=masks, batch_size=batch_size)
+    assert [o["reconstruction"].size for o in outputs] == [(50, 40), (30, 64)]
+    assert all(np.array_equal(o["mask"], m) for o, m in zip(outputs, masks))
+    with pytest.raises(ValueError, match="Got 1 masks for 2 images"):
+        pipe(photos, mask=masks[:1])

@@ -3,6 +3,7 @@ checkpoint, inputs checked at the door, and clear errors (tiny models, subproces
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -80,6 +81,28 @@ def test_unreadable_images_in_both_splits_are_skipped_and_everything_is_written(
         assert (tmp_path / "run" / name).is_file()
 
 
+def test_a_damaged_file_past_the_full_decode_limit_does_not_sink_a_cached_run(train_lmd, vae_folder, tmp_path,
+                                                                             caplog):
+    """Above FULL_DECODE_LIMIT images the scan reads only headers, so a truncated JPEG gets through it; the latent
+    cache then takes the next readable image in its place, as training does, and the run finishes and saves."""
+    from modeling_lmd.data import FULL_DECODE_LIMIT
+
+    train = tmp_path / "images" / "train"
+    train.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(FULL_DECODE_LIMIT):
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(train / f"{i:05d}.png")
+    photo(1).save(train / "truncated.jpg")
+    data = (train / "truncated.jpg").read_bytes()
+    (train / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    write_folder(str(tmp_path / "images"), "validation", 2, bad=False, seed=30)
+    with caplog.at_level("WARNING"):
+        metrics = train_lmd.main(run_args(str(tmp_path / "images"), vae_folder, tmp_path / "run", "--cache_latents",
+                                          "--latent_cache_dir", str(tmp_path / "cache"), "--max_steps", "1"))
+    assert "Skipping an unreadable image" in caplog.text and "truncated.jpg" in caplog.text
+    assert metrics["global_step"] == 1 and (tmp_path / "run" / "model.safetensors").is_file()
+
+
 def test_strict_images_makes_unreadable_images_an_error(train_lmd, vae_folder, tmp_path):
     images = str(tmp_path / "images")
     write_folder(images, "train", 3, bad=True)
@@ -105,19 +128,22 @@ def test_streaming_reads_images_as_they_arrive_and_skips_unreadable_ones(train_l
 
 
 def test_a_streamed_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(train_lmd, vae_folder, tmp_path):
+    """6 images at batch 2 are 3 steps an epoch: checkpoint-2 is inside the first epoch, checkpoint-8 in the third."""
     images = str(tmp_path / "images")
-    write_folder(images, "train", 8, bad=False)
+    write_folder(images, "train", 6, bad=False)
     write_folder(images, "validation", 2, bad=False, seed=30)
-    streamed = ["--streaming", "--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy",
-                "no", "--num_reconstructions", "0"]
+    streamed = ["--streaming", "--max_steps", "10", "--save_strategy", "steps", "--save_steps", "2",
+                "--save_total_limit", "10", "--eval_strategy", "no", "--num_reconstructions", "0"]
     train_lmd.main(run_args(images, vae_folder, tmp_path / "full", *streamed))
-    os.makedirs(tmp_path / "resumed")
-    os.rename(tmp_path / "full" / "checkpoint-2", tmp_path / "resumed" / "checkpoint-2")
-    train_lmd.main(run_args(images, vae_folder, tmp_path / "resumed", *streamed, "--resume_from_checkpoint", "last"))
     full = load_file(tmp_path / "full" / "model.safetensors")
-    again = load_file(tmp_path / "resumed" / "model.safetensors")
-    for name, tensor in full.items():
-        assert torch.equal(tensor, again[name]), name
+    for step in (2, 8):
+        os.makedirs(tmp_path / f"resumed-{step}")
+        shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", tmp_path / f"resumed-{step}" / f"checkpoint-{step}")
+        train_lmd.main(run_args(images, vae_folder, tmp_path / f"resumed-{step}", *streamed,
+                                "--resume_from_checkpoint", "last"))
+        again = load_file(tmp_path / f"resumed-{step}" / "model.safetensors")
+        for name, tensor in full.items():
+            assert torch.equal(tensor, again[name]), (step, name)
 
 
 # --- the latent cache -------------------------------------------------------------------------------------------
@@ -145,6 +171,18 @@ def test_changed_content_under_the_same_name_and_date_rebuilds_the_cache(vae_fol
     os.utime(target, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # ... and the old modification time
     rebuilt = cache_once()
     assert not rebuilt["reused"] and rebuilt["key"] != first["key"]
+
+
+def test_a_cache_damaged_on_disk_is_named_with_what_to_do(vae_folder, tmp_path):
+    images = str(tmp_path / "images")
+    write_folder(images, "train", 3, bad=False)
+    train = load_image_datasets(train_dir=os.path.join(images, "train"), train_val_split=0)["train"]
+    model, cache = tiny_model(vae_folder), str(tmp_path / "cache")
+    info = cache_latents(model, train, "image", RandomResizedCropFlip(32), cache, seed=0)[1]
+    arrow = next(path for path in (tmp_path / "cache").rglob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(ValueError, match=rf"The latent cache at {info['path']} is damaged .*delete that folder"):
+        cache_latents(model, train, "image", RandomResizedCropFlip(32), cache, seed=0)
 
 
 CACHE_SCRIPT = """
@@ -256,6 +294,47 @@ def test_killed_run_resumes_past_a_checkpoint_cut_short_to_the_same_weights(vae_
         assert torch.equal(tensor, again[name]), name
 
 
+def test_a_damaged_optimizer_scheduler_rng_or_trainer_state_falls_back_to_the_previous_checkpoint(
+    train_lmd, vae_folder, tmp_path, caplog
+):
+    """Whatever a resume reads is checked before a checkpoint is chosen: each file of checkpoint-6 cut to half in
+    turn, the run resumes from checkpoint-4 and ends with the uninterrupted run's weights."""
+    images = str(tmp_path / "images")
+    write_folder(images, "train", 6, bad=False)
+    write_folder(images, "validation", 2, bad=False, seed=30)
+    saving = ["--max_steps", "8", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "10",
+              "--eval_strategy", "no", "--num_reconstructions", "0"]
+    train_lmd.main(run_args(images, vae_folder, tmp_path / "full", *saving))
+    full = load_file(tmp_path / "full" / "model.safetensors")
+    for damaged in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        run = tmp_path / f"damaged-{damaged}"
+        for step in (4, 6):
+            shutil.copytree(tmp_path / "full" / f"checkpoint-{step}", run / f"checkpoint-{step}")
+        path = run / "checkpoint-6" / damaged
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with caplog.at_level("WARNING"):
+            assert last_complete_checkpoint(str(run)) == str(run / "checkpoint-4"), damaged
+        assert f"Skipping incomplete checkpoint {run / 'checkpoint-6'}" in caplog.text
+        train_lmd.main(run_args(images, vae_folder, run, *saving, "--resume_from_checkpoint", "last"))
+        again = load_file(run / "model.safetensors")
+        for name, tensor in full.items():
+            assert torch.equal(tensor, again[name]), (damaged, name)
+
+
+def test_a_named_damaged_checkpoint_is_refused_before_anything_is_built(train_lmd, vae_folder, tmp_path):
+    images = str(tmp_path / "images")
+    write_folder(images, "train", 4, bad=False)
+    write_folder(images, "validation", 2, bad=False, seed=30)
+    saving = ["--max_steps", "2", "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+              "--num_reconstructions", "0"]
+    train_lmd.main(run_args(images, vae_folder, tmp_path / "run", *saving))
+    optimizer = tmp_path / "run" / "checkpoint-2" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"Cannot resume from .*checkpoint-2 .*--resume_from_checkpoint last picks"):
+        train_lmd.main(run_args(images, vae_folder, tmp_path / "run", *saving, "--resume_from_checkpoint",
+                                str(tmp_path / "run" / "checkpoint-2")))
+
+
 # --- inputs at the door, and clear errors ------------------------------------------------------------------------
 
 
@@ -308,3 +387,22 @@ def test_clear_errors_for_bad_runs(train_lmd, vae_folder, tmp_path):
     processor = LMDImageProcessor(size={"height": 32, "width": 32})
     with pytest.raises(ValueError, match="URLs are not fetched offline"):
         processor("http://example.com/photo.png")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_hidden_layers", 10**6, r"`num_hidden_layers` is 1000000; the limit is 1024"),
+    ("intermediate_size", 10**9, r"about 1.3e\+11 ViT parameters; the limit is 1e\+10"),
+    ("image_size", 2**20, r"gives 17179869184 tokens; the limit is 65536"),
+])
+def test_an_absurd_config_is_refused_before_anything_is_built(tiny_checkpoint, field, value, message, monkeypatch):
+    """A tampered or mistyped config.json gets a clear error from the config's own checks, before any layer or
+    position table takes memory."""
+    from huggingface_hub.errors import StrictDataclassClassValidationError
+
+    from modeling_lmd import modeling_lmd as modeling
+
+    config = json.loads((tiny_checkpoint / "config.json").read_text())
+    (tiny_checkpoint / "config.json").write_text(json.dumps({**config, field: value}))
+    monkeypatch.setattr(modeling.LMDLayer, "__init__", lambda *a, **k: pytest.fail("a layer was built"))
+    with pytest.raises(StrictDataclassClassValidationError, match=message):
+        LMDForPreTraining.from_pretrained(tiny_checkpoint)

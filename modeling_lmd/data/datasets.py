@@ -14,15 +14,15 @@ scan (an unreadable image is skipped with a warning when it arrives).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
-from .images import _read_image, decode_image_value
+from .images import decode_image_value, readable_image
 
 
 logger = logging.getLogger(__name__)
@@ -59,33 +59,22 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def image(self, index: int) -> Image.Image:
-        return _read_image(self.dataset, self.image_column, index)
-
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, index))
-        return {"pixel_values": self.transform(self.readable_image(index), generator),
-                "mask_seed": mask_seed(self.seed, index)}
-
-    def readable_image(self, index: int) -> Image.Image:
-        """The image of row `index`, or, if it cannot be read (a file `scan_images` only checked the header of),
-        the next readable one, with a warning: one bad file does not stop a run."""
-        for offset in range(len(self)):
-            try:
-                return self.image((index + offset) % len(self))
-            except ValueError as error:
-                logger.warning(f"Skipping an unreadable image: {error}")
-        raise ValueError("None of the images can be read.")
+        image = readable_image(self.dataset, self.image_column, index)
+        return {"pixel_values": self.transform(image, generator), "mask_seed": mask_seed(self.seed, index)}
 
 
 class StreamingImageDataset(torch.utils.data.IterableDataset):
-    """A streamed split (a `datasets.IterableDataset`) -> the items of `ImageDataset`, as the images arrive.
+    """A streamed split (a `datasets.IterableDataset`) -> the items of `ImageDataset`, as the images arrive, epoch
+    after epoch without end (a streamed run is bounded by `--max_steps`).
 
-    Rows pass through a shuffle buffer (`datasets` reshuffles it every epoch, see `set_epoch`). The k-th image of
-    an epoch is augmented with a generator seeded by `(seed, epoch, k)`, so a rerun (or a resume, which the
-    Trainer does by reading past the batches already trained on) sees the same batches. An image that cannot be
-    read is skipped with a warning.
+    Each epoch reshuffles the rows through a shuffle buffer (`datasets`' `set_epoch`), and the k-th image of epoch e
+    is augmented with a generator seeded by `(seed, e, k)`. The epochs live inside this one iterator, so the
+    Trainer sees a single endless epoch: a resume, which the Trainer does by reading past the batches already
+    trained on, lands on the very batch the uninterrupted run trained next, in whichever epoch of the stream it
+    falls. An image that cannot be read is skipped with a warning.
     """
 
     def __init__(self, stream, image_column: str, transform: Callable, seed: int = 0, buffer_size: int = 1000):
@@ -95,23 +84,24 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
             stream = stream.cast_column(image_column, datasets.Image(decode=False))  # decoded here, errors caught
         self.stream = stream.shuffle(seed=int(seed), buffer_size=buffer_size)
         self.image_column, self.transform, self.seed = image_column, transform, int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-        self.stream.set_epoch(self.epoch)
 
     def __iter__(self):
-        for position, row in enumerate(self.stream):
-            value = row[self.image_column]
-            try:
-                image = decode_image_value(value)
-            except Exception as error:  # noqa: BLE001 - PIL raises many unrelated types for bad files
-                where = value.get("path") if isinstance(value, dict) else None
-                logger.warning(f"Skipping an unreadable streamed image ({where or f'row {position}'}): {error}")
-                continue
-            generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, position))
-            yield {"pixel_values": self.transform(image, generator), "mask_seed": mask_seed(self.seed, position)}
+        for epoch in itertools.count():
+            self.stream.set_epoch(epoch)
+            readable = 0
+            for position, row in enumerate(self.stream):
+                value = row[self.image_column]
+                try:
+                    image = decode_image_value(value)
+                except Exception as error:  # noqa: BLE001 - PIL raises many unrelated types for bad files
+                    where = value.get("path") if isinstance(value, dict) else None
+                    logger.warning(f"Skipping an unreadable streamed image ({where or f'row {position}'}): {error}")
+                    continue
+                readable += 1
+                generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, position))
+                yield {"pixel_values": self.transform(image, generator), "mask_seed": mask_seed(self.seed, position)}
+            if not readable:
+                raise ValueError("The stream holds no readable image.")
 
 
 class LatentDataset(torch.utils.data.Dataset):

@@ -199,6 +199,18 @@ def drop_unreadable_images(dataset, image_column: str, split: str, decode: str =
     return dataset, scan.fingerprint
 
 
+def readable_image(dataset, image_column: str, index: int) -> Image.Image:
+    """The image of row `index`, or, if it cannot be read (a file `scan_images` only checked the header of), the next
+    readable one, with a warning. Training, evaluation and the latent cache read images through this, so one bad
+    file stops none of them, and a row and its cached latents are always the same image."""
+    for offset in range(len(dataset)):
+        try:
+            return _read_image(dataset, image_column, (index + offset) % len(dataset))
+        except ValueError as error:
+            logger.warning(f"Skipping an unreadable image: {error}")
+    raise ValueError("None of the images can be read.")
+
+
 def _read_image(dataset, image_column: str, index: int) -> Image.Image:
     """The image of row `index` as RGB, or a `ValueError` naming the row and, where known, the file."""
     try:
@@ -217,4 +229,4 @@ def _read_image(dataset, image_column: str, index: int) -> Image.Image:
 
 
 __all__ = ["FULL_DECODE_LIMIT", "ImageScan", "decode_image_value", "drop_unreadable_images", "find_image_column",
-           "first_rows", "load_image_datasets", "scan_images"]
+           "first_rows", "load_image_datasets", "readable_image", "scan_images"]

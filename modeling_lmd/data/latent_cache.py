@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from .datasets import derive_seed
-from .images import _read_image, scan_images
+from .images import readable_image, scan_images
 
 
 logger = logging.getLogger(__name__)
@@ -81,12 +81,21 @@ def latent_cache_key(
 
 
 def _load_cache(path: str):
+    """A finished cache and its `cache_info.json`; a cache damaged on disk since (it is never rewritten) is an
+    error that names its folder, checked here rather than at some later step's read of a row."""
     import datasets
 
-    with open(os.path.join(path, "cache_info.json"), encoding="utf-8") as handle:
-        info = json.load(handle)
-    parts = [datasets.load_from_disk(os.path.join(path, name)) for name in info["parts"]]
-    return datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0], info
+    try:
+        with open(os.path.join(path, "cache_info.json"), encoding="utf-8") as handle:
+            info = json.load(handle)
+        parts = [datasets.load_from_disk(os.path.join(path, name)) for name in info["parts"]]
+        latents = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+        if len(latents) != info["num_rows"]:
+            raise ValueError(f"{len(latents)} rows where cache_info.json says {info['num_rows']}")
+    except Exception as error:  # noqa: BLE001 - any unreadable part: the same advice
+        raise ValueError(f"The latent cache at {path} is damaged ({type(error).__name__}: {error}); delete that folder "
+                         "and the run builds it again.") from error
+    return latents, info
 
 
 def _encode_rows(model, dataset, image_column, transform, rows: range, num_views, seed, batch_size, progress):
@@ -98,7 +107,7 @@ def _encode_rows(model, dataset, image_column, transform, rows: range, num_views
         for start in range(0, len(rows), batch_size):
             indices = rows[start : start + batch_size]
             pixels = torch.stack([
-                transform(_read_image(dataset, image_column, i),
+                transform(readable_image(dataset, image_column, i),
                           torch.Generator().manual_seed(derive_seed("cache-view", seed, view, i)))
                 for i in indices
             ])
