@@ -250,7 +250,8 @@ def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments
     seed = training_args.data_seed if training_args.data_seed is not None else training_args.seed
     train_transform = RandomResizedCropFlip(model.config.image_size)
     eval_transform = ProcessorTransform(LMDImageProcessor.from_model_config(model.config))
-    eval_images = ImageDataset(validation, column, eval_transform, training_args.eval_seed) if validation else None
+    eval_images = (ImageDataset(validation, column, eval_transform, training_args.eval_seed, evaluation=True)
+                   if validation else None)
     augmentation = "RandomResizedCrop (scale 0.2-1, bicubic) + horizontal flip"
     if data_args.streaming:
         train = StreamingImageDataset(train_split, column, train_transform, seed)

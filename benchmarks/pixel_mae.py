@@ -49,13 +49,6 @@ class MaskScheduleCallback(TrainerCallback):
         model.config.mask_ratio = mask_ratio_at(self.schedule, state.global_step, state.max_steps)
 
 
-class PixelDataset(ImageDataset):
-    """`ImageDataset` items without `mask_seed` (ViTMAE's forward takes only `pixel_values`)."""
-
-    def __getitem__(self, index):
-        return {"pixel_values": super().__getitem__(index)["pixel_values"]}
-
-
 def train_pixel_mae(train_dir: str, output_dir: str, max_steps: int, schedule: str = "cosine", seed: int = 0,
                     batch_size: int = 64, base_learning_rate: float = 6e-3, lmd_preset: str = "lmd-small",
                     max_train_samples: int | None = None, **training_kwargs) -> tuple[ViTMAEForPreTraining, float]:
@@ -73,7 +66,7 @@ def train_pixel_mae(train_dir: str, output_dir: str, max_steps: int, schedule: s
         dataloader_pin_memory=False, **training_kwargs,
     )
     trainer = Trainer(model=model, args=args, data_collator=collate_fn, callbacks=[MaskScheduleCallback(schedule)],
-                      train_dataset=PixelDataset(train, "image", RandomResizedCropFlip(config.image_size), seed))
+                      train_dataset=ImageDataset(train, "image", RandomResizedCropFlip(config.image_size), seed))
     started = time.time()
     trainer.train()
     return model.eval(), time.time() - started

@@ -518,6 +518,7 @@ class LMDModel(LMDPreTrainedModel):
         patch_mask: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
+        num_visible: int | None = None,
         interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> LMDModelOutput:
@@ -529,6 +530,8 @@ class LMDModel(LMDPreTrainedModel):
             mask_ratio (`float`, *optional*): instead, hide a random share of patches (`int(L * (1 - ratio))` stay
                 visible), chosen by `noise` `(B, L)` (the lowest stay visible) or drawn afresh. `noise` alone hides
                 `config.mask_ratio`.
+            num_visible (`int`, *optional*): instead of `mask_ratio`, how many patches stay visible (what the Trainer
+                passes: an int keeps one compiled graph across ratios, where a float would make one per value).
             output_attentions (`bool`, *optional*): return every layer's attention weights (eager attention).
             output_hidden_states (`bool`, *optional*): return the embeddings and every layer's output.
             interpolate_pos_encoding (`bool`, defaults to `False`): run at a resolution other than
@@ -545,13 +548,13 @@ class LMDModel(LMDPreTrainedModel):
             latents = vae_encode(self.vae, pixel_values)
         latents = latents.to(self.embeddings.patch_embeddings.weight.dtype)
         num_patches = (latents.shape[-2] // self.config.patch_size) * (latents.shape[-1] // self.config.patch_size)
-        num_visible = None
         for name, given in (("patch_mask", patch_mask), ("noise", noise)):
             if given is not None and tuple(given.shape) != (latents.shape[0], num_patches):
                 raise ValueError(f"Expected {name} of shape ({latents.shape[0]}, {num_patches}), got "
                                  f"{tuple(given.shape)}.")
-        if patch_mask is None and (mask_ratio is not None or noise is not None):
+        if patch_mask is None and num_visible is None and (mask_ratio is not None or noise is not None):
             num_visible = num_visible_patches(self.config.mask_ratio if mask_ratio is None else mask_ratio, num_patches)
+        if patch_mask is None and num_visible is not None:
             noise = torch.rand(latents.shape[0], num_patches, device=latents.device) if noise is None else noise
             patch_mask = random_patch_mask(noise.to(latents.device), num_visible)
         hidden = None if patch_mask is None else patch_mask.to(latents.device, torch.bool)
@@ -691,17 +694,18 @@ class LMDForPreTraining(LMDPreTrainedModel):
         patch_mask: torch.Tensor | None = None,
         mask_ratio: float | None = None,
         noise: torch.Tensor | None = None,
+        num_visible: int | None = None,
         interpolate_pos_encoding: bool = False,
         **kwargs,
     ) -> LMDForPreTrainingOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one.
-            patch_mask, mask_ratio, noise: which patches to hide, as in [`LMDModel`]; without any of them,
-                a random `config.mask_ratio` (the Trainer passes the scheduled ratio every step).
+            patch_mask, mask_ratio, noise, num_visible: which patches to hide, as in [`LMDModel`]; without any of
+                them, a random `config.mask_ratio` (the Trainer passes the scheduled count every step).
             output_attentions, output_hidden_states, interpolate_pos_encoding: as in [`LMDModel`].
         """
-        if patch_mask is None and mask_ratio is None:
+        if patch_mask is None and mask_ratio is None and num_visible is None:
             mask_ratio = self.config.mask_ratio
         target = None
         if self.config.leak_free_training and pixel_values is not None:
@@ -710,11 +714,13 @@ class LMDForPreTraining(LMDPreTrainedModel):
             target = self.lmd.encode_images(pixel_values, interpolate_pos_encoding)
             if patch_mask is None:
                 num_patches = self.patch_grid(target)[0] * self.patch_grid(target)[1]
+                num_visible = num_visible_patches(mask_ratio, num_patches) if num_visible is None else num_visible
                 noise = torch.rand(target.shape[0], num_patches, device=target.device) if noise is None else noise
-                patch_mask = random_patch_mask(noise.to(target.device), num_visible_patches(mask_ratio, num_patches))
+                patch_mask = random_patch_mask(noise.to(target.device), num_visible)
             latents, pixel_values = self.encode_leak_free(pixel_values, patch_mask, interpolate_pos_encoding), None
         encoded = self.lmd(pixel_values=pixel_values, latents=latents, patch_mask=patch_mask, mask_ratio=mask_ratio,
-                           noise=noise, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
+                           noise=noise, num_visible=num_visible, interpolate_pos_encoding=interpolate_pos_encoding,
+                           return_dict=True, **kwargs)
         logits = self.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, self.patch_grid(encoded.latents))
         target = encoded.latents if target is None else target.to(encoded.latents.dtype)
         return LMDForPreTrainingOutput(

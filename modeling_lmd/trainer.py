@@ -34,13 +34,17 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
 from .metrics import METRIC_NAMES, reconstruction_metrics, summarize_reconstruction_metrics
-from .modeling_lmd import check_input_values
+from .modeling_lmd import check_input_values, num_visible_patches
 
 
 logger = logging.getLogger(__name__)
 
 #: Parameter-name endings that never get weight decay (besides biases and norms).
 NO_DECAY_NAMES = ("cls_token", "mask_token")
+
+#: Graphs torch.compile builds for a whole mask schedule: the first visible count compiles static, the next change
+#: makes dynamo mark the count dynamic (it reaches the model as an int, never as the float ratio). Tested.
+COMPILED_GRAPHS_BOUND = 2
 
 #: Training checks the values of its first batches (range, finiteness: a host sync), not every step.
 CHECKED_TRAINING_BATCHES = 3
@@ -66,6 +70,30 @@ class LMDTrainingArguments(TrainingArguments):
     eval_seed: int = field(
         default=0, metadata={"help": "Seed of the evaluation masks and of reconstructions.png (fixed: comparable runs)."}
     )
+    # The filter tests every step's loss for NaN / inf on the host, a device sync per step; LMD's inputs are checked
+    # at the door instead (values of the first batches), so it is off unless asked for.
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Drop NaN / inf losses from the logged average (a host sync every step)."}
+    )
+
+
+def training_step_flops(config, batch: int, num_visible: int) -> int:
+    """Matrix-product FLOPs of one LMD training step at `config.image_size`: the encoder on the cls token and
+    `num_visible` patches, the decoder on all of them, forward (2 FLOPs a multiply-add) and backward (twice that,
+    but the patch embedding, whose input needs no gradient). The frozen VAE is not counted."""
+    patch = config.patch_size**2 * config.latent_channels
+    tokens, length = num_visible + 1, config.num_patches + 1
+
+    def layers(depth: int, width: int, mlp: int, sequence: int) -> int:
+        return depth * (2 * sequence * (4 * width**2 + 2 * width * mlp) + 4 * sequence**2 * width)
+
+    embedding = 2 * config.num_patches * patch * config.hidden_size
+    rest = (layers(config.num_hidden_layers, config.hidden_size, config.intermediate_size, tokens)
+            + 2 * tokens * config.hidden_size * config.decoder_hidden_size
+            + layers(config.decoder_num_hidden_layers, config.decoder_hidden_size, config.decoder_intermediate_size,
+                     length)
+            + 2 * length * config.decoder_hidden_size * patch)
+    return batch * (2 * embedding + 3 * rest)
 
 
 def is_vae_parameter(name: str) -> bool:
@@ -133,36 +161,42 @@ class LMDTrainer(Trainer):
         return mask_ratio_at(config.mask_schedule, step, total, config.mask_ratio_start, config.mask_ratio_end)
 
     def _training_noise(self, batch_size: int, device) -> torch.Tensor:
-        """Masking noise of the current micro-batch, seeded by (seed, step, micro-batch, process)."""
+        """Masking noise of the current micro-batch, seeded by (seed, step, micro-batch, process) and drawn on the
+        training device: nothing waits for a copy from the host."""
         step = self.state.global_step
         if step != self._noise_step:
             self._noise_step, self._noise_micro_batch = step, 0
         seed = derive_seed("mask", self.args.seed, step, self._noise_micro_batch, self.args.process_index)
         self._noise_micro_batch += 1
-        generator = torch.Generator().manual_seed(seed)
-        return torch.rand(batch_size, self.lmd_model.config.num_patches, generator=generator).to(device)
+        generator = torch.Generator(device).manual_seed(seed)
+        return torch.rand(batch_size, self.lmd_model.config.num_patches, generator=generator, device=device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The training loss at the scheduled ratio. The model gets the number of visible patches as an int (never
+        the ratio, a float that torch.compile would specialise on, one graph per value) and noise drawn on the
+        device; evaluation goes through `prediction_step`."""
         inputs = dict(inputs)
-        inputs.pop("mask_seed", None)  # evaluation masks; training masks come from `_training_noise`
         if "latents" in inputs:
             inputs.pop("pixel_values", None)  # cached latents win; pixels only serve evaluation metrics
-        if model.training:
-            if self._checked_batches < CHECKED_TRAINING_BATCHES:
-                self._checked_batches += 1
-                for name in ("pixel_values", "latents"):
-                    if name in inputs:
-                        check_input_values(name, inputs[name], pixel_range=name == "pixel_values")
-            ratio = self.scheduled_mask_ratio()
-            self._last_train_mask_ratio = ratio
-            reference = inputs.get("latents", inputs.get("pixel_values"))
-            inputs.setdefault("noise", self._training_noise(reference.shape[0], reference.device))
-        else:
-            ratio = self.lmd_model.config.mask_ratio
-        inputs["mask_ratio"] = ratio
+        if self._checked_batches < CHECKED_TRAINING_BATCHES:
+            self._checked_batches += 1
+            for name in ("pixel_values", "latents"):
+                if name in inputs:
+                    check_input_values(name, inputs[name], pixel_range=name == "pixel_values")
+        self._last_train_mask_ratio = self.scheduled_mask_ratio()
+        reference = inputs.get("latents", inputs.get("pixel_values"))
+        inputs.setdefault("noise", self._training_noise(reference.shape[0], reference.device))
+        inputs["num_visible"] = num_visible_patches(self._last_train_mask_ratio, self.lmd_model.config.num_patches)
         outputs = model(**inputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         return (loss, outputs) if return_outputs else loss
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        """FLOPs of this training step (forward and backward of the ViT at the scheduled ratio; the frozen VAE is not
+        counted), so that `trainer_state.json`'s `total_flos` gives the model FLOP utilisation of a run."""
+        config = self.lmd_model.config
+        batch = inputs.get("latents", inputs.get("pixel_values")).shape[0]
+        return training_step_flops(config, batch, num_visible_patches(self.scheduled_mask_ratio(), config.num_patches))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._last_train_mask_ratio is not None:
@@ -280,5 +314,5 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-__all__ = ["LMDTrainer", "LMDTrainingArguments", "check_checkpoint", "check_readable", "is_vae_parameter",
-           "last_complete_checkpoint", "total_train_batch_size"]
+__all__ = ["COMPILED_GRAPHS_BOUND", "LMDTrainer", "LMDTrainingArguments", "check_checkpoint", "check_readable", "is_vae_parameter",
+           "last_complete_checkpoint", "total_train_batch_size", "training_step_flops"]

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from modeling_lmd import MASK_SCHEDULES, LMDConfig, LMDForPreTraining, LMDImageProcessor, mask_ratio_at
 from modeling_lmd.data import ImageDataset, ProcessorTransform, RandomResizedCropFlip, collate_fn
 from modeling_lmd.metrics import METRIC_NAMES, latent_mean_fill, mask_noise, psnr
-from modeling_lmd.modeling_lmd import paint_hidden_pixels
+from modeling_lmd.modeling_lmd import num_visible_patches, paint_hidden_pixels
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
 
 
@@ -60,7 +60,7 @@ def train_logs(trainer):
 def test_logged_mask_ratio_follows_the_schedule(tmp_path, schedule, accumulation):
     max_steps = 12
     model = make_model(schedule)
-    seen = []  # (global_step, mask_ratio) of every forward
+    seen = []  # (global_step, visible patches) of every forward
     trainer = LMDTrainer(
         model=model,
         args=make_args(tmp_path, max_steps=max_steps, gradient_accumulation_steps=accumulation),
@@ -70,7 +70,7 @@ def test_logged_mask_ratio_follows_the_schedule(tmp_path, schedule, accumulation
     forward = model.forward
 
     def spy(*args, **kwargs):
-        seen.append((trainer.state.global_step, kwargs["mask_ratio"]))
+        seen.append((trainer.state.global_step, kwargs["num_visible"]))
         return forward(*args, **kwargs)
 
     model.forward = spy
@@ -81,10 +81,10 @@ def test_logged_mask_ratio_follows_the_schedule(tmp_path, schedule, accumulation
     for entry in logs:
         expected = mask_ratio_at(schedule, entry["step"] - 1, max_steps, 0.15, 0.75)
         assert entry["mask_ratio"] == pytest.approx(expected, abs=1e-12), entry
-    # Every micro-batch of optimizer step t trained at mask_ratio_at(t).
+    # Every micro-batch of optimizer step t trained at mask_ratio_at(t), given to the model as a count (an int).
     assert len(seen) == max_steps * accumulation
-    for step, ratio in seen:
-        assert ratio == pytest.approx(mask_ratio_at(schedule, step, max_steps), abs=1e-12)
+    for step, visible in seen:
+        assert visible == num_visible_patches(mask_ratio_at(schedule, step, max_steps), 16) and type(visible) is int
     assert model.config.mask_ratio == 0.75  # the evaluation ratio is never overwritten
 
 
@@ -163,7 +163,7 @@ def test_base_learning_rate_scales_with_total_batch(tmp_path):
 def test_evaluation_runs_through_the_trainer_loop_with_per_sample_masks(tmp_path):
     model = make_model()
     model.config.mask_ratio = 0.5
-    eval_set = ImageDataset(image_dataset(5, seed=1), "image", EVAL_TRANSFORM, seed=3)
+    eval_set = ImageDataset(image_dataset(5, seed=1), "image", EVAL_TRANSFORM, seed=3, evaluation=True)
     seen = []
 
     class Spy(TrainerCallback):
@@ -251,3 +251,61 @@ def test_psnr_and_the_baselines_on_hand_made_examples():
     channel_means = patches[:, visible].reshape(2, -1, 4).mean(dim=1)  # (B, C)
     hidden_patches = filled_patches[:, ~visible].reshape(2, -1, 4)
     assert torch.allclose(hidden_patches, channel_means[:, None, :].expand_as(hidden_patches), atol=1e-6)
+
+
+def test_a_whole_cosine_schedule_compiles_to_at_most_two_graphs_with_eager_losses(tmp_path):
+    """torch.compile over a schedule whose ratio changes every step: the Trainer gives the model the visible count as
+    an int, which dynamo marks dynamic on its first change, so the graphs stay at COMPILED_GRAPHS_BOUND however many
+    counts the schedule takes (a float ratio would compile one graph per value). Counted with dynamo's own
+    counters and its `eager` backend; the losses are the uncompiled run's."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from modeling_lmd.trainer import COMPILED_GRAPHS_BOUND
+
+    def run(**compile_args):
+        torch._dynamo.reset()
+        counters.clear()
+        trainer = LMDTrainer(model=make_model("cosine"), args=make_args(tmp_path, max_steps=24, **compile_args),
+                             train_dataset=ImageDataset(image_dataset(8), "image", RandomResizedCropFlip(32)),
+                             data_collator=collate_fn)
+        trainer.train()
+        return [entry["loss"] for entry in train_logs(trainer)], counters["stats"]["unique_graphs"]
+
+    eager_losses, _ = run()
+    compiled_losses, graphs = run(torch_compile=True, torch_compile_backend="eager")
+    visible = {num_visible_patches(mask_ratio_at("cosine", step, 24), 16) for step in range(24)}
+    assert len(visible) >= 8 and 1 <= graphs <= COMPILED_GRAPHS_BOUND == 2
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-5)
+
+
+def test_total_flos_is_the_vits_flop_count_of_every_step(tmp_path):
+    from modeling_lmd.trainer import training_step_flops
+
+    trainer = LMDTrainer(model=make_model("cosine"), args=make_args(tmp_path, max_steps=6),
+                         train_dataset=ImageDataset(image_dataset(8), "image", RandomResizedCropFlip(32)),
+                         data_collator=collate_fn)
+    trainer.train()
+    config = trainer.model.config
+    expected = sum(training_step_flops(config, 2, num_visible_patches(mask_ratio_at("cosine", step, 6), 16))
+                   for step in range(6))
+    assert trainer.state.total_flos == expected
+
+
+@pytest.mark.parametrize("overrides", [{}, {"decoder_num_hidden_layers": 0}, {"patch_size": 1}])
+def test_training_step_flops_are_what_torch_counts(overrides):
+    """The formula against torch's FLOP counter on a real forward and backward (eager attention: the counter does
+    not see every fused attention kernel)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from modeling_lmd.trainer import training_step_flops
+
+    torch.manual_seed(0)
+    config = LMDConfig.from_preset("lmd-tiny", **overrides)
+    config._attn_implementation = "eager"
+    model = LMDForPreTraining(config).train()
+    for visible in (1, config.num_patches // 2, config.num_patches - 1):
+        latents = torch.randn(3, config.latent_channels, config.latent_size, config.latent_size)
+        with FlopCounterMode(display=False) as counter:
+            model(latents=latents, noise=torch.rand(3, config.num_patches), num_visible=visible).loss.backward()
+        assert counter.get_total_flops() == training_step_flops(config, 3, visible)

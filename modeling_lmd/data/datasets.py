@@ -1,5 +1,5 @@
 """Torch datasets over `datasets` splits: images (read, augmented), a stream of images, and cached latents; and the
-collate function. Every sample carries `mask_seed`, the seed of its evaluation mask.
+collate function. Evaluation samples carry `mask_seed`, the seed of their evaluation mask.
 
 Randomness. Every random choice (crop box, flip, cached view) is drawn from a `torch.Generator` seeded by
 `(seed, epoch, sample index)` (`derive_seed`), never from the global RNG. Which augmentation a sample gets is
@@ -43,14 +43,16 @@ def mask_seed(seed: int, index: int) -> int:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Rows of a `datasets.Dataset` -> `{"pixel_values": (3, S, S)` in [-1, 1], `"mask_seed"`}.
+    """Rows of a `datasets.Dataset` -> `{"pixel_values": (3, S, S)` in [-1, 1]}, and for an `evaluation` set the
+    `"mask_seed"` of the sample's evaluation mask (`LMDTrainer.prediction_step`; training draws its masks per step,
+    so its batches carry nothing else to the device).
 
-    `transform(image, generator)` gets a generator seeded by `(seed, epoch, index)` (see `set_epoch`);
-    `mask_seed` seeds the sample's evaluation mask (`LMDTrainer.prediction_step`).
+    `transform(image, generator)` gets a generator seeded by `(seed, epoch, index)` (see `set_epoch`).
     """
 
-    def __init__(self, dataset, image_column: str, transform: Callable, seed: int = 0):
+    def __init__(self, dataset, image_column: str, transform: Callable, seed: int = 0, evaluation: bool = False):
         self.dataset, self.image_column, self.transform, self.seed = dataset, image_column, transform, int(seed)
+        self.evaluation = evaluation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -62,8 +64,8 @@ class ImageDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, self.epoch, index))
-        image = readable_image(self.dataset, self.image_column, index)
-        return {"pixel_values": self.transform(image, generator), "mask_seed": mask_seed(self.seed, index)}
+        item = {"pixel_values": self.transform(readable_image(self.dataset, self.image_column, index), generator)}
+        return {**item, "mask_seed": mask_seed(self.seed, index)} if self.evaluation else item
 
 
 class StreamingImageDataset(torch.utils.data.IterableDataset):
@@ -99,7 +101,7 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
                     continue
                 readable += 1
                 generator = torch.Generator().manual_seed(derive_seed("augment", self.seed, epoch, position))
-                yield {"pixel_values": self.transform(image, generator), "mask_seed": mask_seed(self.seed, position)}
+                yield {"pixel_values": self.transform(image, generator)}
             if not readable:
                 raise ValueError("The stream holds no readable image.")
 
@@ -108,7 +110,8 @@ class LatentDataset(torch.utils.data.Dataset):
     """Cached latents (`latents` column of shape `(K, C, h, w)`) -> `{"latents": (C, h, w)}`.
 
     Each `(epoch, index)` picks one of the K views (and, with `latent_flip`, flips it with probability 1/2).
-    With `pixels` (an `ImageDataset`), items also carry `pixel_values`: evaluation scores PSNR against them.
+    With `pixels` (an evaluation `ImageDataset`), items also carry its `pixel_values` and `mask_seed`: evaluation
+    scores PSNR against them.
     """
 
     def __init__(self, latents, seed: int = 0, latent_flip: bool = False, pixels: ImageDataset | None = None):
@@ -135,10 +138,7 @@ class LatentDataset(torch.utils.data.Dataset):
         latents = torch.from_numpy(np.ascontiguousarray(views[view])).float()
         if self.latent_flip and float(torch.rand(1, generator=generator)) < 0.5:
             latents = latents.flip(-1)
-        item = {"latents": latents, "mask_seed": mask_seed(self.seed, index)}
-        if self.pixels is not None:
-            item.update(self.pixels[index])
-        return item
+        return {"latents": latents, **(self.pixels[index] if self.pixels is not None else {})}
 
 
 def collate_fn(examples: list[dict]) -> dict:
