@@ -149,6 +149,14 @@ class DataArguments:
     latent_flip: bool = field(
         default=False, metadata={"help": "With cached latents, also flip latents horizontally (approximate)."}
     )
+    latent_cache_dtype: str = field(
+        default="float32", metadata={"help": "How the training latents are stored: float32, or bfloat16 (half the "
+                                     "disk and memory; its quality effect is in docs/RESULTS.md)."}
+    )
+    latents_in_memory: bool = field(
+        default=False, metadata={"help": "Hold the cached training latents as one tensor in memory (pinned when a GPU "
+                                 "is present) instead of reading them from the memory-mapped cache."}
+    )
     encode_batch_size: int = field(default=32, metadata={"help": "Batch size of the VAE while caching latents."})
     validate_images: str = field(
         default="auto",
@@ -266,18 +274,19 @@ def build_datasets(data_args: DataArguments, training_args: LMDTrainingArguments
     cache_dir = data_args.latent_cache_dir or default_latent_cache_dir()
     model.to(training_args.device)
     # Every process takes part: each encodes its share of the images (see modeling_lmd.data.cache_latents).
-    train_latents, _ = cache_latents(model, train_split, column, train_transform, cache_dir,
-                                     num_views=data_args.latent_cache_views, seed=seed,
-                                     batch_size=data_args.encode_batch_size, description="train",
-                                     content_fingerprint=train_content)
+    train_latents, train_info = cache_latents(model, train_split, column, train_transform, cache_dir,
+                                              num_views=data_args.latent_cache_views, seed=seed,
+                                              batch_size=data_args.encode_batch_size, description="train",
+                                              content_fingerprint=train_content, dtype=data_args.latent_cache_dtype)
     evaluation = None
     if validation is not None:
         eval_latents, _ = cache_latents(model, validation, column, eval_transform, cache_dir, seed=seed,
                                         batch_size=data_args.encode_batch_size, description="validation",
                                         content_fingerprint=validation_content)
         evaluation = LatentDataset(eval_latents, seed=training_args.eval_seed, pixels=eval_images)
-    train = LatentDataset(train_latents, seed=seed, latent_flip=data_args.latent_flip)
-    views = f"{data_args.latent_cache_views} cached view(s) per image" + (
+    train = LatentDataset(train_latents, seed=seed, latent_flip=data_args.latent_flip,
+                          storage_dtype=train_info["dtype"], in_memory=data_args.latents_in_memory)
+    views = f"{data_args.latent_cache_views} cached {data_args.latent_cache_dtype} view(s) per image" + (
         " + latent-space flips" if data_args.latent_flip else "")
     return train, evaluation, f"{augmentation}, {views}"
 

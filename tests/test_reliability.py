@@ -406,3 +406,52 @@ def test_an_absurd_config_is_refused_before_anything_is_built(tiny_checkpoint, f
     monkeypatch.setattr(modeling.LMDLayer, "__init__", lambda *a, **k: pytest.fail("a layer was built"))
     with pytest.raises(StrictDataclassClassValidationError, match=message):
         LMDForPreTraining.from_pretrained(tiny_checkpoint)
+
+
+def test_cached_latents_are_read_a_batch_at_a_time_as_a_pure_function_of_seed_epoch_and_index(vae_folder, tmp_path):
+    from modeling_lmd.data import LatentDataset
+
+    images = str(tmp_path / "images")
+    write_folder(images, "train", 6, bad=False)
+    train = load_image_datasets(train_dir=os.path.join(images, "train"), train_val_split=0)["train"]
+    model = tiny_model(vae_folder)
+    latents, info = cache_latents(model, train, "image", RandomResizedCropFlip(32), str(tmp_path / "cache"), seed=0,
+                                  num_views=3)
+    mapped = LatentDataset(latents, seed=5, latent_flip=True)
+    in_memory = LatentDataset(latents, seed=5, latent_flip=True, in_memory=True)
+    views = torch.as_tensor(latents.with_format("numpy")[:]["latents"])  # (6, 3, C, h, w)
+    batch = mapped.__getitems__([4, 0, 2])
+    for position, index in enumerate([4, 0, 2]):  # a batch reads what single items read, in any company
+        single = mapped[index]["latents"]
+        assert torch.equal(batch[position]["latents"], single)
+        assert torch.equal(in_memory[index]["latents"], single)
+        assert any(torch.equal(single, v) or torch.equal(single, v.flip(-1)) for v in views[index])
+    first = [mapped[i]["latents"] for i in range(6)]
+    mapped.set_epoch(1)  # another epoch chooses otherwise, somewhere
+    assert any(not torch.equal(latents, mapped[i]["latents"]) for i, latents in enumerate(first))
+    mapped.set_epoch(0)
+    # bfloat16 storage: half the disk, the float32 latents rounded to bfloat16.
+    half, half_info = cache_latents(model, train, "image", RandomResizedCropFlip(32), str(tmp_path / "cache"), seed=0,
+                                    num_views=3, dtype="bfloat16")
+    assert half_info["dtype"] == "bfloat16" and half_info["key"] != info["key"]
+    as_bf16 = LatentDataset(half, seed=5, latent_flip=True, storage_dtype="bfloat16")
+    assert torch.equal(as_bf16[3]["latents"], mapped[3]["latents"].to(torch.bfloat16).float())
+    sizes = [sum(f.stat().st_size for f in (tmp_path / "cache" / i["key"]).rglob("*.arrow")) for i in (info, half_info)]
+    assert sizes[1] < 0.6 * sizes[0]
+
+
+def test_a_cached_run_with_views_flips_and_bfloat16_resumes_to_the_same_weights(train_lmd, vae_folder, tmp_path):
+    images = str(tmp_path / "images")
+    write_folder(images, "train", 6, bad=False)
+    write_folder(images, "validation", 2, bad=False, seed=30)
+    cached = ["--cache_latents", "--latent_cache_dir", str(tmp_path / "cache"), "--latent_cache_views", "2",
+              "--latent_flip", "true", "--latent_cache_dtype", "bfloat16", "--latents_in_memory", "true",
+              "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "5", "--eval_strategy", "no",
+              "--num_reconstructions", "0"]
+    train_lmd.main(run_args(images, vae_folder, tmp_path / "full", *cached))
+    os.makedirs(tmp_path / "resumed")
+    shutil.copytree(tmp_path / "full" / "checkpoint-5", tmp_path / "resumed" / "checkpoint-5")
+    train_lmd.main(run_args(images, vae_folder, tmp_path / "resumed", *cached, "--resume_from_checkpoint", "last"))
+    full, again = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for name, tensor in full.items():
+        assert torch.equal(tensor, again[name]), name

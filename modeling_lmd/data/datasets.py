@@ -19,7 +19,6 @@ import json
 import logging
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from .images import decode_image_value, readable_image
@@ -106,18 +105,35 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
                 raise ValueError("The stream holds no readable image.")
 
 
-class LatentDataset(torch.utils.data.Dataset):
-    """Cached latents (`latents` column of shape `(K, C, h, w)`) -> `{"latents": (C, h, w)}`.
+def counter_random(key: int, indices: torch.Tensor) -> torch.Tensor:
+    """A random non-negative int64 per index, a pure function of `(key, index)` (splitmix64's mixer on int64, its
+    logical shifts as masked arithmetic ones): per-sample randomness for a whole batch in a few tensor ops, the same
+    whatever the batch, the worker or the process."""
+    x = indices.to(torch.int64) + key
+    x = (x ^ ((x >> 30) & 0x3FFFFFFFF)) * -4658895280553007687  # 0xBF58476D1CE4E5B9 as a signed int64
+    x = (x ^ ((x >> 27) & 0x1FFFFFFFFF)) * -7723592293110705685  # 0x94D049BB133111EB
+    return (x ^ ((x >> 31) & 0x1FFFFFFFF)) & 0x7FFFFFFFFFFFFFFF
 
-    Each `(epoch, index)` picks one of the K views (and, with `latent_flip`, flips it with probability 1/2).
-    With `pixels` (an evaluation `ImageDataset`), items also carry its `pixel_values` and `mask_seed`: evaluation
-    scores PSNR against them.
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Cached latents (`latents` column of shape `(K, C, h, w)`) -> `{"latents": (C, h, w)}` float32.
+
+    Read a batch at a time (`__getitems__`, which torch's DataLoader calls with a batch's indices): one read of the
+    batch's rows from the memory-mapped cache (or from one tensor in memory with `in_memory=True`), then each
+    sample's view (one of K) and, with `latent_flip`, its horizontal flip (probability 1/2) drawn by
+    `counter_random` from `(seed, epoch, index)` as tensor ops. A resumed run reads exactly what the uninterrupted
+    one did. `storage_dtype` is the cache's (`"float32"`, or `"bfloat16"` kept as its bits). With `pixels` (an
+    evaluation `ImageDataset`), items also carry its `pixel_values` and `mask_seed`.
     """
 
-    def __init__(self, latents, seed: int = 0, latent_flip: bool = False, pixels: ImageDataset | None = None):
+    def __init__(self, latents, seed: int = 0, latent_flip: bool = False, pixels: ImageDataset | None = None,
+                 storage_dtype: str = "float32", in_memory: bool = False):
+        self.storage_dtype = storage_dtype
         self.latents = latents.with_format("numpy", columns=["latents"])
+        if in_memory:  # one tensor, pinned for fast copies when there is a GPU to copy to
+            self.latents = self.stored(self.latents[:]["latents"])
+            self.latents = self.latents.pin_memory() if torch.cuda.is_available() else self.latents
         self.seed, self.latent_flip, self.pixels = int(seed), bool(latent_flip), pixels
-        self.num_views = int(self.latents[0]["latents"].shape[0]) if len(self.latents) else 1
         self.epoch = 0
         if pixels is not None and len(pixels) != len(self.latents):
             raise ValueError(f"{len(self.latents)} cached latents but {len(pixels)} images.")
@@ -130,15 +146,27 @@ class LatentDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.latents)
 
+    def stored(self, rows) -> torch.Tensor:
+        """Rows as the cache holds them: float32, or bfloat16 from its bits (which `datasets` hands out widened)."""
+        rows = torch.as_tensor(rows)
+        return rows.to(torch.int16).view(torch.bfloat16) if self.storage_dtype == "bfloat16" else rows
+
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        rows = self.latents[indices]
+        rows = rows if isinstance(rows, torch.Tensor) else self.stored(rows["latents"])  # (B, K, C, h, w)
+        index = torch.as_tensor(indices, dtype=torch.int64)
+        views = counter_random(derive_seed("view", self.seed, self.epoch), index) % rows.shape[1]
+        latents = rows[torch.arange(len(indices)), views].float()
+        if self.latent_flip:
+            flips = counter_random(derive_seed("flip", self.seed, self.epoch), index) % 2 == 1
+            latents = torch.where(flips[:, None, None, None], latents.flip(-1), latents)
+        items = [{"latents": sample} for sample in latents]
+        if self.pixels is not None:
+            items = [{**item, **self.pixels[i]} for item, i in zip(items, indices)]
+        return items
+
     def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        views = self.latents[index]["latents"]
-        generator = torch.Generator().manual_seed(derive_seed("view", self.seed, self.epoch, index))
-        view = int(torch.randint(0, views.shape[0], (1,), generator=generator)) if views.shape[0] > 1 else 0
-        latents = torch.from_numpy(np.ascontiguousarray(views[view])).float()
-        if self.latent_flip and float(torch.rand(1, generator=generator)) < 0.5:
-            latents = latents.flip(-1)
-        return {"latents": latents, **(self.pixels[index] if self.pixels is not None else {})}
+        return self.__getitems__([int(index)])[0]
 
 
 def collate_fn(examples: list[dict]) -> dict:
@@ -154,5 +182,5 @@ def collate_fn(examples: list[dict]) -> dict:
     return batch
 
 
-__all__ = ["STREAMED_EVAL_SAMPLES", "ImageDataset", "LatentDataset", "StreamingImageDataset", "collate_fn", "derive_seed",
-           "mask_seed"]
+__all__ = ["STREAMED_EVAL_SAMPLES", "ImageDataset", "LatentDataset", "StreamingImageDataset", "collate_fn",
+           "counter_random", "derive_seed", "mask_seed"]

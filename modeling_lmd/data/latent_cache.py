@@ -43,6 +43,9 @@ from .images import readable_image, scan_images
 
 logger = logging.getLogger(__name__)
 
+#: What a cache can be stored as, and the Arrow type that holds it (bfloat16 as its bits).
+CACHE_DTYPES = {"float32": "float32", "bfloat16": "int16"}
+
 #: Bump when the cached content changes meaning (transform, layout, key), to invalidate existing caches.
 LATENT_CACHE_VERSION = "2"
 
@@ -66,7 +69,8 @@ def vae_identity(vae) -> dict:
 
 
 def latent_cache_key(
-    vae_id: dict, image_size: int, content_fingerprint: str, num_views: int, seed: int, transform: dict
+    vae_id: dict, image_size: int, content_fingerprint: str, num_views: int, seed: int, transform: dict,
+    dtype: str = "float32",
 ) -> str:
     payload = {
         "version": LATENT_CACHE_VERSION,
@@ -77,6 +81,8 @@ def latent_cache_key(
         "seed": int(seed),
         "transform": transform,
     }
+    if dtype != "float32":  # float32 caches keep the keys they had before the option existed
+        payload["dtype"] = dtype
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
@@ -127,17 +133,19 @@ def cache_latents(
     batch_size: int = 32,
     description: str = "train",
     content_fingerprint: str | None = None,
+    dtype: str = "float32",
 ):
     """Encode every image of `dataset` `num_views` times with the frozen VAE of `model`, or reuse the cache.
 
     Safe to share between runs and across processes (see the module docstring): a lock per key, a build in
     `<key>.partial` renamed into place, and under N processes a contiguous 1/N of the images per process. Every
     process must call it (it synchronises them). `content_fingerprint` is the images' content hash
-    (`ImageScan.fingerprint`); it is computed when not given.
+    (`ImageScan.fingerprint`); it is computed when not given. `dtype="bfloat16"` stores the latents in half the
+    disk, as their bfloat16 bits (Arrow has no bfloat16); `LatentDataset(storage_dtype=info["dtype"])` reads them.
 
     Returns `(latents_dataset, info)`: a `datasets.Dataset` with a `latents` column of shape `(K, C, h, w)`
-    (float32, memory-mapped from disk), and the cache's `cache_info.json` content (`info["path"]`,
-    `info["reused"]`).
+    (memory-mapped from disk), and the cache's `cache_info.json` content (`info["path"]`, `info["reused"]`,
+    `info["dtype"]`).
     """
     import datasets
     from accelerate import PartialState
@@ -146,13 +154,15 @@ def cache_latents(
 
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}.")
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}.")
     state = PartialState()
     model = model.base_model  # the LMDModel that holds the VAE
     config = model.config
     fingerprint = content_fingerprint or scan_images(dataset, image_column, decode="header").fingerprint
     key = latent_cache_key(
         vae_identity(model.vae), config.image_size, fingerprint, num_views, seed,
-        transform.describe() if hasattr(transform, "describe") else repr(transform),
+        transform.describe() if hasattr(transform, "describe") else repr(transform), dtype,
     )
     path = os.path.join(cache_dir, key)
     staging = path + ".partial"
@@ -174,7 +184,7 @@ def cache_latents(
             rows = range(min(len(dataset), state.process_index * per_process),
                          min(len(dataset), (state.process_index + 1) * per_process))
             shape = (num_views, config.latent_channels, config.latent_size, config.latent_size)
-            features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype="float32")})
+            features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype=CACHE_DTYPES[dtype])})
             was_training = model.training
             model.eval()
             encode_started = time.perf_counter()
@@ -183,6 +193,8 @@ def cache_latents(
             with torch.no_grad():
                 latents = _encode_rows(model, dataset, image_column, transform, rows, num_views, seed, batch_size,
                                        progress)
+            if dtype == "bfloat16":
+                latents = torch.from_numpy(latents).to(torch.bfloat16).view(torch.int16).numpy()
             progress.close()
             model.train(was_training)
             datasets.Dataset.from_dict({"latents": latents}, features=features).save_to_disk(
@@ -194,6 +206,7 @@ def cache_latents(
                         "num_rows": len(dataset), "num_views": num_views, "latent_shape": list(shape[1:]),
                         "image_size": config.image_size, "content_fingerprint": fingerprint,
                         "vae_class": type(model.vae).__name__, "seed": seed, "version": LATENT_CACHE_VERSION,
+                        "dtype": dtype,
                         "parts": [f"part-{rank:05d}" for rank in range(state.num_processes)]}
                 with open(os.path.join(staging, "cache_info.json"), "w", encoding="utf-8") as handle:
                     json.dump(info, handle, indent=2)
