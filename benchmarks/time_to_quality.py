@@ -25,8 +25,8 @@ from transformers import Trainer, ViTMAEForPreTraining
 
 from common import parser, setup, table, write_results
 from modeling_lmd import LMDConfig
-from modeling_lmd.data import RandomResizedCropFlip, collate_fn
-from pixel_mae import MaskScheduleCallback, PixelDataset, pixel_mae_config, pixel_mae_psnr
+from modeling_lmd.data import ImageDataset, RandomResizedCropFlip, collate_fn
+from pixel_mae import MaskScheduleCallback, pixel_mae_config, pixel_mae_psnr
 from runs import RATIO, Stopwatch, budgeted_steps, demo_splits, lmd_run, references, training_arguments
 
 
@@ -43,7 +43,7 @@ def run(method, setting, seed, train_split, pixels, args) -> dict:
                 "caching_s": result["caching_s"], "curve": result["curve"]}
     torch.manual_seed(seed)
     model = ViTMAEForPreTraining(pixel_mae_config(LMDConfig.from_preset("lmd-small"))).to(args.device)
-    dataset = PixelDataset(train_split, "image", RandomResizedCropFlip(64), seed)
+    dataset = ImageDataset(train_split, "image", RandomResizedCropFlip(64), seed)
     schedule = MaskScheduleCallback("constant" if method == "mae" else "cosine")
 
     def trainer_for(steps, callbacks):

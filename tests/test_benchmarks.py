@@ -12,7 +12,7 @@ def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):
     run_python([os.path.join(REPO_ROOT, "benchmarks", "run_all.py"), "--quick", "--output_dir", str(tmp_path),
                 "--data_dir", os.path.join(str(tmp_path), "demo")], cwd=REPO_ROOT, timeout=600)
     expected = {
-        "throughput": "rows", "time_to_quality": "figures", "schedules": "runs",
+        "throughput": "points", "time_to_quality": "figures", "schedules": "runs",
         "patch_size": "runs", "projector": "runs", "downstream": "accuracy",
     }
     for name, key in expected.items():
@@ -20,5 +20,7 @@ def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):
         assert result["benchmark"] == name and result["quick"] and result[key], name
         assert (tmp_path / f"{name}.md").read_text().startswith("|"), name
     throughput = json.loads((tmp_path / "throughput.json").read_text())
-    assert {row["mask_ratio"] for row in throughput["rows"]} >= {0.15, 0.75, "cosine schedule"}
+    assert {point["mask_ratio"] for point in throughput["points"]} == {0.15, 0.45, 0.75}
+    (best,) = [row for row in throughput["ratios"] if row["comparison"] == "each model's best batch"]
+    assert best["cosine_schedule"] > 0 and throughput["matmul_peak_tflops"] > 0
     assert (tmp_path / "time_to_quality.png").is_file() and (tmp_path / "schedules.png").is_file()

@@ -309,3 +309,27 @@ def test_training_step_flops_are_what_torch_counts(overrides):
         with FlopCounterMode(display=False) as counter:
             model(latents=latents, noise=torch.rand(3, config.num_patches), num_visible=visible).loss.backward()
         assert counter.get_total_flops() == training_step_flops(config, 3, visible)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: it checks that a CUDA step never waits")
+def test_a_training_step_never_synchronises_with_the_host_on_a_gpu(tmp_path):
+    """After the first batches, whose values are checked on purpose, a step (forward, backward, optimizer) runs
+    under `torch.cuda.set_sync_debug_mode("error")`: any host synchronisation raises."""
+    from modeling_lmd.trainer import CHECKED_TRAINING_BATCHES
+
+    trainer = LMDTrainer(model=make_model("cosine"), args=make_args(tmp_path, max_steps=10),
+                         train_dataset=ImageDataset(image_dataset(8), "image", RandomResizedCropFlip(32)),
+                         data_collator=collate_fn)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    batch = trainer._prepare_inputs(collate_fn([trainer.train_dataset[i] for i in range(4)]))
+    for _ in range(CHECKED_TRAINING_BATCHES):
+        trainer.training_step(trainer.model, batch)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer.training_step(trainer.model, batch)
+            trainer.optimizer.step()
+            trainer.optimizer.zero_grad(set_to_none=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
