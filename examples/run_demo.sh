@@ -18,8 +18,10 @@ OUTPUT_DIR="${OUTPUT_DIR:-outputs/lmd-demo}"
 if [ -z "${LMD_NO_VENV:-}" ]; then
     [ -d .venv ] || python3 -m venv .venv
     . .venv/bin/activate
-    python -m pip install --quiet torch==2.13.0      # the CPU wheel; an unpinned torch pulls a CUDA build
-    python -m pip install --quiet -e ".[demo]"
+    # --no-compile: pip would byte-compile every installed file (torch alone has thousands: over a minute here);
+    # Python compiles just the modules the job imports, when it imports them.
+    python -m pip install --quiet --no-compile torch==2.13.0      # the CPU wheel; an unpinned torch pulls CUDA
+    python -m pip install --quiet --no-compile -e ".[demo]"
 fi
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1     # nothing is downloaded
 
