@@ -6,6 +6,7 @@
 import sys
 import time
 
+import digits_ssl
 import downstream
 import patch_size
 import projector
@@ -14,7 +15,7 @@ import throughput
 import time_to_quality
 from common import parser
 
-BENCHMARKS = (throughput, time_to_quality, schedules, patch_size, projector, downstream)
+BENCHMARKS = (throughput, time_to_quality, schedules, patch_size, projector, downstream, digits_ssl)
 
 
 def main(argv=None) -> None:

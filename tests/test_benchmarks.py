@@ -7,13 +7,13 @@ from conftest import REPO_ROOT
 from subprocess_helpers import run_python
 
 
-
 def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):
     run_python([os.path.join(REPO_ROOT, "benchmarks", "run_all.py"), "--quick", "--output_dir", str(tmp_path),
                 "--data_dir", os.path.join(str(tmp_path), "demo")], cwd=REPO_ROOT, timeout=600)
     expected = {
         "throughput": "points", "time_to_quality": "figures", "schedules": "runs",
         "patch_size": "runs", "projector": "runs", "downstream": "accuracy",
+        "digits_ssl": "per_seed",
     }
     for name, key in expected.items():
         result = json.loads((tmp_path / f"{name}.json").read_text())
@@ -24,3 +24,7 @@ def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):
     (best,) = [row for row in throughput["ratios"] if row["comparison"] == "each model's best batch"]
     assert best["cosine_schedule"] > 0 and throughput["matmul_peak_tflops"] > 0
     assert (tmp_path / "time_to_quality.png").is_file() and (tmp_path / "schedules.png").is_file()
+    digits = json.loads((tmp_path / "digits_ssl.json").read_text())
+    assert [row[0] for row in digits["table"]] == ["LMD pre-trained", "pixel MAE pre-trained", "LMD encoder from scratch"]
+    accuracies = [value for key, value in digits["per_seed"][0].items() if "labels" in key]
+    assert len(accuracies) == 12 and all(0 <= value <= 1 for value in accuracies)
