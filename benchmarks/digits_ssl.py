@@ -86,14 +86,26 @@ class PooledClassifier(nn.Module):
 
 
 class StopAfter(TrainerCallback):
-    """Stops training once `seconds` of wall-clock have passed: pixel MAE gets LMD's pre-training time."""
+    """Stops training once `seconds` of wall-clock have passed since it began: pixel MAE gets LMD's time."""
 
     def __init__(self, seconds: float):
         self.seconds, self.started = seconds, None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
     def on_step_end(self, args, state, control, **kwargs):
-        self.started = self.started or time.perf_counter()
         control.should_training_stop = time.perf_counter() - self.started >= self.seconds
+
+
+class StepTimes(TrainerCallback):
+    """The wall-clock at the end of every step."""
+
+    def __init__(self):
+        self.times = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter())
 
 
 def pretrain_lmd(args, seed: int, pixels: torch.Tensor, steps: int) -> tuple[str, str, float]:
@@ -118,25 +130,26 @@ def pretrain_lmd(args, seed: int, pixels: torch.Tensor, steps: int) -> tuple[str
     return os.path.join(folder, "lmd-pretrained"), os.path.join(folder, "lmd-scratch"), seconds
 
 
-def pretrain_pixel_mae(args, seed: int, pixels: torch.Tensor, seconds: float) -> ViTMAEModel:
-    """Pixel MAE on the same scans for `seconds` of training (its cosine learning rate planned over the steps that
-    fit, from a timed start)."""
+def pretrain_pixel_mae(args, seed: int, pixels: torch.Tensor, seconds: float) -> tuple[ViTMAEModel, int]:
+    """Pixel MAE's encoder after `seconds` of training on the same scans, and its step count. Its cosine learning
+    rate is planned over the steps that fit, from a few timed steps; the clock stops it if they take longer."""
     lmd = LMDConfig.from_preset("lmd-small", **(QUICK_WIDTHS if args.quick else {}))
     torch.manual_seed(seed)
     model = ViTMAEForPreTraining(pixel_mae_config(lmd)).to(args.device)  # MAE's constant 0.75 (mask_ratio_end)
     data = Dataset.from_dict({"pixel_values": pixels.numpy()}).with_format("torch")
     batch = 8 if args.quick else 64
-    timing = time.perf_counter()
-    Trainer(model=model, train_dataset=data, args=LMDTrainingArguments(
-        **quiet(args, os.path.join(args.output_dir, "pixel-mae-timing"), seed), max_steps=5,
+    clock = StepTimes()  # steps 3 to 8 timed: the Trainer's set-up and the first steps' warm-up are not a step's cost
+    Trainer(model=model, train_dataset=data, callbacks=[clock], args=LMDTrainingArguments(
+        **quiet(args, os.path.join(args.output_dir, "pixel-mae-timing"), seed), max_steps=8,
         per_device_train_batch_size=batch)).train()
-    planned = max(5, int(seconds / ((time.perf_counter() - timing) / 5)))
+    planned = max(5, int(seconds / ((clock.times[-1] - clock.times[2]) / 5)))
     torch.manual_seed(seed)
     model = ViTMAEForPreTraining(pixel_mae_config(lmd)).to(args.device)  # afresh: the timing steps are not kept
-    Trainer(model=model, train_dataset=data, callbacks=[StopAfter(seconds)], args=LMDTrainingArguments(
+    trainer = Trainer(model=model, train_dataset=data, callbacks=[StopAfter(seconds)], args=LMDTrainingArguments(
         **quiet(args, os.path.join(args.output_dir, "pixel-mae"), seed), max_steps=planned,
-        per_device_train_batch_size=batch, learning_rate=6e-3 * 64 / 256, warmup_steps=0.05)).train()
-    return model.vit
+        per_device_train_batch_size=batch, learning_rate=6e-3 * 64 / 256, warmup_steps=0.05))
+    trainer.train()
+    return model.vit, trainer.state.global_step
 
 
 def pretrain_steps(args) -> int:
@@ -182,8 +195,8 @@ def fine_tune(args, model, inputs: str, train_x, train_y, test_x, test_y, seed: 
 def evaluate_seed(args, seed: int) -> dict:
     (train_pixels, train_y), (test_pixels, test_y) = digits(seed, args.quick)
     pretrained, scratch, seconds = pretrain_lmd(args, seed, train_pixels, pretrain_steps(args))
-    mae_encoder = pretrain_pixel_mae(args, seed, train_pixels, seconds)
-    scores = {"pretrain_seconds": seconds, "held_out_scans": len(test_y)}
+    mae_encoder, mae_steps = pretrain_pixel_mae(args, seed, train_pixels, seconds)
+    scores = {"pretrain_seconds": seconds, "pixel_mae_steps": mae_steps, "held_out_scans": len(test_y)}
     for fraction in (0.1, 1.0):
         picks = label_subset(train_y, fraction, seed)
         for arm, source in (("LMD pre-trained", pretrained), ("LMD encoder from scratch", scratch)):
@@ -226,7 +239,8 @@ def main(argv=None) -> dict:
     markdown = table([f"held-out accuracy ({per_seed[0]['held_out_scans']} scans)", *PROTOCOLS], rows)
     seconds = [scores["pretrain_seconds"] for scores in per_seed]
     markdown += (f"\nSeeds {seeds}; LMD pre-training {pretrain_steps(args)} steps ({np.mean(seconds):.0f} s, latent "
-                 f"encoding included), pixel MAE for the same wall-clock; fine-tuning {fine_tune_steps(args)} steps.\n")
+                 f"encoding included), pixel MAE for the same wall-clock ("
+                 f"{np.mean([scores['pixel_mae_steps'] for scores in per_seed]):.0f} steps); fine-tuning {fine_tune_steps(args)} steps.\n")
     results = {"per_seed": [{" / ".join(k) if isinstance(k, tuple) else k: v for k, v in s.items()} for s in per_seed],
                "table": rows}
     write_results(args, "digits_ssl", results, markdown)
