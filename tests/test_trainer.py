@@ -311,6 +311,15 @@ def test_training_step_flops_are_what_torch_counts(overrides):
         assert counter.get_total_flops() == training_step_flops(config, 3, visible)
 
 
+def test_the_step_defaults_ask_the_host_for_nothing(tmp_path):
+    """No per-step NaN test of the loss on the host, and batches from pinned memory copied without waiting."""
+    args = LMDTrainingArguments(output_dir=str(tmp_path), report_to="none")
+    trainer = LMDTrainer(model=make_model(), args=args, train_dataset=image_dataset(2))
+    assert args.logging_nan_inf_filter is False
+    assert args.dataloader_pin_memory is True
+    assert trainer.accelerator.dataloader_config.non_blocking is True
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: it checks that a CUDA step never waits")
 def test_a_training_step_never_synchronises_with_the_host_on_a_gpu(tmp_path):
     """After the first batches, whose values are checked on purpose, a step (forward, backward, optimizer) runs
