@@ -35,7 +35,7 @@ from modeling_lmd.demo_data import digits_dataset
 from modeling_lmd.pretrained import DEMO_VAE
 from modeling_lmd.trainer import LMDTrainer, LMDTrainingArguments
 from pixel_mae import pixel_mae_config
-from runs import QUICK_WIDTHS
+from runs import QUICK_WIDTHS, seconds_per_step
 
 
 ARMS = ("LMD pre-trained", "pixel MAE pre-trained", "LMD encoder from scratch")
@@ -98,16 +98,6 @@ class StopAfter(TrainerCallback):
         control.should_training_stop = time.perf_counter() - self.started >= self.seconds
 
 
-class StepTimes(TrainerCallback):
-    """The wall-clock at the end of every step."""
-
-    def __init__(self):
-        self.times = []
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter())
-
-
 def pretrain_lmd(args, seed: int, pixels: torch.Tensor, steps: int) -> tuple[str, str, float]:
     """LMD pre-trained on the training scans (no labels) and the same model before it: their folders, and the
     wall-clock spent (latent encoding included)."""
@@ -138,11 +128,10 @@ def pretrain_pixel_mae(args, seed: int, pixels: torch.Tensor, seconds: float) ->
     model = ViTMAEForPreTraining(pixel_mae_config(lmd)).to(args.device)  # MAE's constant 0.75 (mask_ratio_end)
     data = Dataset.from_dict({"pixel_values": pixels.numpy()}).with_format("torch")
     batch = 8 if args.quick else 64
-    clock = StepTimes()  # steps 3 to 8 timed: the Trainer's set-up and the first steps' warm-up are not a step's cost
-    Trainer(model=model, train_dataset=data, callbacks=[clock], args=LMDTrainingArguments(
+    per_step = seconds_per_step(Trainer(model=model, train_dataset=data, args=LMDTrainingArguments(
         **quiet(args, os.path.join(args.output_dir, "pixel-mae-timing"), seed), max_steps=8,
-        per_device_train_batch_size=batch)).train()
-    planned = max(5, int(seconds / ((clock.times[-1] - clock.times[2]) / 5)))
+        per_device_train_batch_size=batch)), 8)
+    planned = max(5, int(seconds / per_step))
     torch.manual_seed(seed)
     model = ViTMAEForPreTraining(pixel_mae_config(lmd)).to(args.device)  # afresh: the timing steps are not kept
     trainer = Trainer(model=model, train_dataset=data, callbacks=[StopAfter(seconds)], args=LMDTrainingArguments(

@@ -75,11 +75,13 @@ class LMDTrainingArguments(TrainingArguments):
     logging_nan_inf_filter: bool = field(
         default=False, metadata={"help": "Drop NaN / inf losses from the logged average (a host sync every step)."}
     )
-    # Batches come from pinned memory (`dataloader_pin_memory`), so their copy to the GPU need not stop the host.
-    accelerator_config: dict | str | None = field(
-        default_factory=lambda: {"non_blocking": True},
-        metadata={"help": "Accelerate's settings (a dict or a JSON file); LMD copies batches non-blocking by default."},
-    )
+
+    def __post_init__(self):
+        # Batches from pinned memory copy to the GPU without stopping the host; unpinned ones would gain nothing
+        # (and Accelerate warns). A given --accelerator_config is the user's word.
+        if self.accelerator_config is None:
+            self.accelerator_config = {"non_blocking": self.dataloader_pin_memory}
+        super().__post_init__()
 
 
 def training_step_flops(config, batch: int, num_visible: int) -> int:

@@ -28,3 +28,24 @@ def test_run_all_quick_writes_one_result_per_benchmark(tmp_path):
     assert [row[0] for row in digits["table"]] == ["LMD pre-trained", "pixel MAE pre-trained", "LMD encoder from scratch"]
     accuracies = [value for key, value in digits["per_seed"][0].items() if "labels" in key]
     assert len(accuracies) == 12 and all(0 <= value <= 1 for value in accuracies)
+
+
+def test_the_stopwatch_scores_and_stops_training_at_its_deadline(monkeypatch):
+    """Equal wall-clock runs end when their budget is spent, with a score at that step, even if planned longer."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    monkeypatch.syspath_prepend(os.path.join(REPO_ROOT, "benchmarks"))
+    import runs
+
+    clock = iter([0.0, 1.0, 8.0, 8.0])  # the readings: step 1 begins, ends; step 2 ends; the clock restarts
+    monkeypatch.setattr(runs, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    watch = runs.Stopwatch(lambda model: 20.0, every=100, offset=3.0, deadline=10.0)
+    control = TrainerControl()
+    for step in (1, 2):  # step 1 ends at 3 + 1 s charged; step 2 at 3 + 8 s: past the deadline
+        state = TrainerState(global_step=step, max_steps=1000)
+        watch.on_step_begin(None, state, control)
+        watch.on_step_end(None, state, control)
+        assert control.should_training_stop == (step == 2)
+    assert watch.curve == [(11.0, 2, 20.0)]

@@ -318,6 +318,8 @@ def test_the_step_defaults_ask_the_host_for_nothing(tmp_path):
     assert args.logging_nan_inf_filter is False
     assert args.dataloader_pin_memory is True
     assert trainer.accelerator.dataloader_config.non_blocking is True
+    unpinned = LMDTrainingArguments(output_dir=str(tmp_path), report_to="none", dataloader_pin_memory=False)
+    assert unpinned.accelerator_config.non_blocking is False  # nothing to gain, and Accelerate would warn
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: it checks that a CUDA step never waits")
