@@ -107,8 +107,7 @@ def pretrain_lmd(args, seed: int, pixels: torch.Tensor, steps: int) -> tuple[str
     folder = os.path.join(args.output_dir, f"digits-ssl-seed{seed}")
     model.save_pretrained(os.path.join(folder, "lmd-scratch"))
     started = time.perf_counter()
-    with torch.no_grad():  # the VAE is frozen and there is no augmentation: every image encoded once
-        latents = torch.cat([model.lmd.encode_images(chunk.to(args.device)).cpu() for chunk in pixels.split(256)])
+    latents = in_chunks(model.lmd.encode_images, pixels, args.device)  # no augmentation: every image encoded once
     trainer = LMDTrainer(model=model, data_collator=collate_fn,
                          train_dataset=Dataset.from_dict({"latents": latents.numpy()}).with_format("torch"),
                          args=LMDTrainingArguments(**quiet(args, folder, seed), max_steps=steps,
@@ -155,8 +154,13 @@ def quiet(args, output_dir: str, seed: int) -> dict:
 
 
 @torch.no_grad()
+def in_chunks(function, inputs: torch.Tensor, device) -> torch.Tensor:
+    """`function` over `inputs` 256 rows at a time on `device`, gathered on the CPU."""
+    return torch.cat([function(chunk.to(device)).cpu() for chunk in inputs.split(256)])
+
+
 def features(encode, pixels: torch.Tensor, device) -> np.ndarray:
-    return torch.cat([encode(chunk.to(device)).float().cpu() for chunk in pixels.split(256)]).numpy()
+    return in_chunks(encode, pixels, device).float().numpy()
 
 
 def linear_probe(train_x, train_y, test_x, test_y) -> float:
@@ -176,8 +180,7 @@ def fine_tune(args, model, inputs: str, train_x, train_y, test_x, test_y, seed: 
         per_device_train_batch_size=8 if args.quick else 64, learning_rate=1e-3, weight_decay=0.05,
         lr_scheduler_type="cosine", warmup_steps=0.1)).train()
     model.eval()
-    with torch.no_grad():
-        logits = torch.cat([model(**{inputs: chunk.to(args.device)})["logits"].cpu() for chunk in test_x.split(256)])
+    logits = in_chunks(lambda chunk: model(**{inputs: chunk})["logits"], test_x, args.device)
     return float((logits.argmax(-1) == test_y).float().mean())
 
 
@@ -186,12 +189,13 @@ def evaluate_seed(args, seed: int) -> dict:
     pretrained, scratch, seconds = pretrain_lmd(args, seed, train_pixels, pretrain_steps(args))
     mae_encoder, mae_steps = pretrain_pixel_mae(args, seed, train_pixels, seconds)
     scores = {"pretrain_seconds": seconds, "pixel_mae_steps": mae_steps, "held_out_scans": len(test_y)}
+    vae = LMDModel.from_pretrained(scratch).to(args.device).eval()  # both LMD arms carry this same frozen VAE
+    train_latents, test_latents = (in_chunks(vae.encode_images, pixels, args.device)
+                                   for pixels in (train_pixels, test_pixels))
     for fraction in (0.1, 1.0):
         picks = label_subset(train_y, fraction, seed)
         for arm, source in (("LMD pre-trained", pretrained), ("LMD encoder from scratch", scratch)):
             encoder = LMDModel.from_pretrained(source).to(args.device).eval()
-            train_latents = torch.cat([encoder.encode_images(c.to(args.device)).cpu() for c in train_pixels.split(256)])
-            test_latents = torch.cat([encoder.encode_images(c.to(args.device)).cpu() for c in test_pixels.split(256)])
             encode = lambda latents, model=encoder: model.get_image_features(latents=latents)  # noqa: E731
             scores[(arm, f"linear probe, {fraction:.0%} labels")] = linear_probe(
                 features(encode, train_latents[picks], args.device), train_y[picks],
