@@ -38,6 +38,9 @@ from modeling_lmd.metrics import psnr
 
 logger = logging.getLogger("train_vae")
 VAE_CLASSES = {vae_class.__name__: vae_class for vae_class in (AutoencoderKL, VQModel, AutoencoderTiny)}
+RESUME_FILE = "resume_state.pt"
+#: Arguments a resumed run may change: where its data and evaluations live, and how often it saves or evaluates.
+RESUME_FREE_ARGS = ("resume", "save_every", "eval_every", "eval_dirs", "num_threads", "device", "data_dir")
 
 
 def parse_args(argv=None):
@@ -78,6 +81,10 @@ def parse_args(argv=None):
                    help="more folders of PNG tiles (e.g. photos never trained on) whose PSNR is recorded at the end")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the VAE trains; batches are drawn and augmented on the CPU either way")
+    p.add_argument("--save_every", type=int, default=0,
+                   help="write OUTPUT_DIR/resume_state.pt every N steps (0: never), for --resume")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUTPUT_DIR/resume_state.pt (same arguments): the run goes on as if uninterrupted")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -184,6 +191,86 @@ def latent_stats(vae, images_uint8: torch.Tensor, batch_size: int = 64):
     return mean, std
 
 
+def lr_at(args, progress: float, step: int) -> float:
+    """Linear warm-up, then cosine from `learning_rate` down to `learning_rate * min_lr_ratio`."""
+    if step < args.warmup_steps:
+        return args.learning_rate * (step + 1) / args.warmup_steps
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return args.learning_rate * (args.min_lr_ratio + (1 - args.min_lr_ratio) * cos)
+
+
+def save_state(path: str, state: dict, vae, opt) -> None:
+    """Everything a resumed run needs to continue as if uninterrupted, written atomically."""
+    torch.save({**state, "vae": vae.state_dict(), "opt": opt.state_dict()}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_or_start(args, vae, opt, gen, n_train: int) -> dict:
+    """The loop's state from `resume_state.pt` when resuming (weights, optimiser, generator, data order, clock),
+    else a fresh one."""
+    path = os.path.join(args.output_dir, RESUME_FILE)
+    if args.resume and os.path.isfile(path):
+        state = torch.load(path, weights_only=False)
+        if state["args"] != {k: v for k, v in vars(args).items() if k not in RESUME_FREE_ARGS}:
+            raise SystemExit(f"{path} was written with other arguments; resume with the same ones")
+        vae.load_state_dict(state.pop("vae"))
+        opt.load_state_dict(state.pop("opt"))
+        gen.set_state(state["gen"])
+        logger.info("resumed at step %d (%.1f min trained)", state["step"], state["elapsed"] / 60)
+        return state
+    return {"args": {k: v for k, v in vars(args).items() if k not in RESUME_FREE_ARGS}, "step": 0, "elapsed": 0.0,
+            "perm": torch.randperm(n_train, generator=gen), "pos": 0, "ema": None, "history": [],
+            "gen": gen.get_state()}
+
+
+def train_loop(args, vae, opt, gen, train: torch.Tensor, val: torch.Tensor) -> dict:
+    """Optimise until `max_steps` (or `max_minutes` of training), saving the resume state every `save_every` steps."""
+    state = load_or_start(args, vae, opt, gen, len(train))
+    budget_s = args.max_minutes * 60 if args.max_minutes is not None else float("inf")
+    total = args.max_steps
+    if total is None:
+        logger.info("no --max_steps: lr schedule and crop switch follow elapsed time (not step-deterministic)")
+    pbar = tqdm(total=total, initial=state["step"], desc="train vae", dynamic_ncols=True, mininterval=5)
+    started = time.time() - state["elapsed"]
+    vae.train()
+    while not ((total is not None and state["step"] >= total) or time.time() - started >= budget_s):
+        progress = state["step"] / total if total is not None else (time.time() - started) / budget_s
+        lr = lr_at(args, progress, state["step"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if state["pos"] + args.batch_size > len(state["perm"]):
+            state["perm"], state["pos"] = torch.randperm(len(train), generator=gen), 0
+        idx = state["perm"][state["pos"] : state["pos"] + args.batch_size]
+        state["pos"] += args.batch_size
+        crop = args.resolution if progress >= 1.0 - args.full_res_fraction else args.crop_size
+        x = to_model_range(augment(train[idx], gen, crop)).to(args.device, memory_format=torch.channels_last)
+
+        loss, mse, extra = training_loss(vae, x, gen, args)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+
+        # PSNR of the batch in [0, 1] pixel units: MSE in [-1, 1] units is 4x larger.
+        batch_psnr = float(-10 * torch.log10(mse.detach() / 4))
+        state["ema"] = batch_psnr if state["ema"] is None else 0.98 * state["ema"] + 0.02 * batch_psnr
+        pbar.update(1)
+        if state["step"] % 20 == 0:
+            pbar.set_postfix(psnr=f"{state['ema']:.2f}", extra=f"{float(extra.detach()):.3g}", lr=f"{lr:.2e}")
+        if args.eval_every and state["step"] % args.eval_every == 0:
+            state["history"].append({"step": state["step"], "minutes": (time.time() - started) / 60,
+                                     "val_psnr": evaluate_psnr(vae, val)})
+            logger.info("step %d (%.1f min): train psnr(ema) %.2f, val psnr %.2f", state["step"],
+                        state["history"][-1]["minutes"], state["ema"], state["history"][-1]["val_psnr"])
+        if args.save_every and state["step"] % args.save_every == 0:
+            state["elapsed"], state["gen"] = time.time() - started, gen.get_state()
+            save_state(os.path.join(args.output_dir, RESUME_FILE), state, vae, opt)
+    pbar.close()
+    state["elapsed"] = time.time() - started
+    return state
+
+
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -191,8 +278,11 @@ def main(argv=None):
     random.seed(args.seed)
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
+    if args.max_steps is None and args.max_minutes is None:
+        raise SystemExit("give --max_steps and/or --max_minutes")
 
-    build_demo_dataset(args.data_dir, resolution=args.resolution)
+    if not os.path.isdir(os.path.join(args.data_dir, "train")):  # a corpus or any tile folder is used as it is
+        build_demo_dataset(args.data_dir, resolution=args.resolution)
     train = tile_tensor(os.path.join(args.data_dir, "train"))
     val = tile_tensor(os.path.join(args.data_dir, "validation"))
     logger.info("train tiles: %d, validation tiles: %d, %d px", len(train), len(val), args.resolution)
@@ -211,77 +301,29 @@ def main(argv=None):
 
     opt = torch.optim.AdamW(vae.parameters(), lr=args.learning_rate, betas=(0.9, 0.99), weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    if args.max_steps is None and args.max_minutes is None:
-        raise SystemExit("give --max_steps and/or --max_minutes")
+    os.makedirs(args.output_dir, exist_ok=True)
+    state = train_loop(args, vae, opt, gen, train, val)
+    return save_vae(args, vae, state, train, val, n_params, init_val_psnr, argv)
 
-    def lr_at(progress: float, step: int) -> float:
-        if step < args.warmup_steps:
-            return args.learning_rate * (step + 1) / args.warmup_steps
-        cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-        return args.learning_rate * (args.min_lr_ratio + (1 - args.min_lr_ratio) * cos)
 
-    start = time.time()
-    budget_s = args.max_minutes * 60 if args.max_minutes is not None else float("inf")
-    total = args.max_steps
-    pbar = tqdm(total=total, desc="train vae", dynamic_ncols=True, mininterval=5)
-    perm = torch.randperm(len(train), generator=gen)
-    pos, step = 0, 0
-    ema_loss = None
-    history = []
-    vae.train()
-    if total is None:
-        logger.info("no --max_steps: lr schedule and crop switch follow elapsed time (not step-deterministic)")
-    while True:
-        elapsed = time.time() - start
-        if (total is not None and step >= total) or elapsed >= budget_s:
-            break
-        progress = step / total if total is not None else elapsed / budget_s
-        lr = lr_at(progress, step)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        if pos + args.batch_size > len(perm):
-            perm = torch.randperm(len(train), generator=gen)
-            pos = 0
-        idx = perm[pos : pos + args.batch_size]
-        pos += args.batch_size
-        crop = args.resolution if progress >= 1.0 - args.full_res_fraction else args.crop_size
-        x = to_model_range(augment(train[idx], gen, crop)).to(args.device, memory_format=torch.channels_last)
-
-        loss, mse, kl = training_loss(vae, x, gen, args)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
-        step += 1
-
-        # PSNR of the batch in [0, 1] pixel units: MSE in [-1, 1] units is 4x larger.
-        batch_psnr = float(-10 * torch.log10(mse.detach() / 4))
-        ema_loss = batch_psnr if ema_loss is None else 0.98 * ema_loss + 0.02 * batch_psnr
-        pbar.update(1)
-        if step % 20 == 0:
-            pbar.set_postfix(psnr=f"{ema_loss:.2f}", extra=f"{float(kl.detach()):.3g}", lr=f"{lr:.2e}")
-        if args.eval_every and step % args.eval_every == 0:
-            val_psnr = evaluate_psnr(vae, val)
-            history.append({"step": step, "minutes": (time.time() - start) / 60, "val_psnr": val_psnr})
-            logger.info("step %d (%.1f min): train psnr(ema) %.2f, val psnr %.2f", step, history[-1]["minutes"], ema_loss, val_psnr)
-    pbar.close()
-    train_minutes = (time.time() - start) / 60
-
+def save_vae(args, vae, state: dict, train, val, n_params: int, init_val_psnr, argv) -> dict:
+    """Set the latent scale from the training tiles, save the VAE and its `training_info.json`."""
     vae.eval()
-    mean, std = latent_stats(vae, train)
+    # 4,096 evenly spread tiles pin the latents' mean and std to about 1 %; all 35,000 of the corpus take minutes.
+    mean, std = latent_stats(vae, train[:: max(1, len(train) // 4096)])
     if isinstance(vae, AutoencoderKL):  # the other classes have no shift_factor; their latents are near zero-mean
         vae.register_to_config(scaling_factor=float(1.0 / std), shift_factor=float(mean))
     else:
         vae.register_to_config(scaling_factor=float(1.0 / std))
     val_psnr = evaluate_psnr(vae, val)
     eval_psnr = {folder: round(evaluate_psnr(vae, tile_tensor(folder)), 3) for folder in args.eval_dirs}
-    logger.info("done: %d steps in %.1f min; val PSNR %.2f dB; latent mean %.4f std %.4f", step, train_minutes, val_psnr, mean, std)
-
-    os.makedirs(args.output_dir, exist_ok=True)
+    train_minutes = state["elapsed"] / 60
+    logger.info("done: %d steps in %.1f min; val PSNR %.2f dB; latent mean %.4f std %.4f", state["step"],
+                train_minutes, val_psnr, mean, std)
     vae.save_pretrained(args.output_dir, safe_serialization=True)
     info = {
         "command": "python " + " ".join([os.path.relpath(__file__)] + (sys.argv[1:] if argv is None else list(argv))),
-        "steps": step,
+        "steps": state["step"],
         "train_minutes": round(train_minutes, 2),
         "num_threads": args.num_threads,
         "parameters": n_params,
@@ -293,7 +335,7 @@ def main(argv=None):
         "train_tiles": len(train),
         "val_tiles": len(val),
         "args": vars(args),
-        "history": history,
+        "history": state["history"],
     }
     with open(os.path.join(args.output_dir, "training_info.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)

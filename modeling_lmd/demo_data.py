@@ -143,10 +143,11 @@ def _grid_offsets(length: int, tile: int, stride: int) -> List[int]:
     return [start + i * stride for i in range(n)]
 
 
-def _tiles_of_photo(
+def tiles_of_photo(
     img: Image.Image, resolution: int, scales: Sequence[int], stride: int, min_std: float
 ) -> List[Tuple[str, Image.Image]]:
-    """Cut one photograph into ``(suffix, tile)`` pairs, in a fixed order."""
+    """Cut one photograph into ``(suffix, tile)`` pairs, in a fixed order. An RGBA photograph (a panorama strip
+    with a transparent sky) gives only the tiles it covers fully, as RGB."""
     out = []
     width, height = img.size
     short = min(width, height)
@@ -161,6 +162,10 @@ def _tiles_of_photo(
         for y in _grid_offsets(size[1], resolution, stride):
             for x in _grid_offsets(size[0], resolution, stride):
                 tile = arr[y : y + resolution, x : x + resolution]
+                if tile.shape[-1] == 4:
+                    if tile[..., 3].min() < 255:
+                        continue
+                    tile = tile[..., :3]
                 if float(tile.std()) < min_std:
                     continue
                 out.append((f"s{k}_y{y:04d}_x{x:04d}", Image.fromarray(np.ascontiguousarray(tile), mode="RGB")))
@@ -252,7 +257,7 @@ def build_demo_dataset(
             split = photo["split"]
             stride = validation_stride if split == "validation" else train_stride
             img = _load_rgb(photo["path"])
-            tiles = _tiles_of_photo(img, resolution, scales, stride, min_tile_std)
+            tiles = tiles_of_photo(img, resolution, scales, stride, min_tile_std)
             split_dir = os.path.join(staging, split)
             os.makedirs(split_dir, exist_ok=True)
             for suffix, tile in tiles:
@@ -362,7 +367,7 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
                 requirement.split("==")[0].lower()))
             with archive.open(member) as handle:
                 photo = Image.open(handle).convert("RGB")
-            tiles = _tiles_of_photo(photo, resolution, scales, resolution, MIN_TILE_STD)
+            tiles = tiles_of_photo(photo, resolution, scales, resolution, MIN_TILE_STD)
             for suffix, tile in tiles:
                 files.append(f"{name}_{suffix}.png")
                 tile.save(os.path.join(output_dir, files[-1]), format="PNG", compress_level=6)

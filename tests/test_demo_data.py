@@ -129,7 +129,7 @@ def test_shipped_vae_loads_and_reconstructs(tmp_path):
     # One validation tile at 64 px, built straight from its source photograph (no full dataset build).
     photo = next(p for p in demo_data.list_demo_photos() if p["name"] == demo_data.VALIDATION_PHOTOS[0])
     img = demo_data._load_rgb(photo["path"])
-    tiles = demo_data._tiles_of_photo(img, 64, (4,), 64, demo_data.MIN_TILE_STD)
+    tiles = demo_data.tiles_of_photo(img, 64, (4,), 64, demo_data.MIN_TILE_STD)
     batch = np.stack([np.asarray(t) for _, t in tiles[:8]])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     with torch.no_grad():
