@@ -48,12 +48,16 @@ setup(
         "tqdm",
     ],
     extras_require={
-        # Sources of the offline demo photographs (they ship inside these packages).
-        "demo": ["scikit-image", "scikit-learn", "matplotlib"],
+        # The classical inpainting references next to LMD in every evaluation (OpenCV's Telea and Navier-Stokes,
+        # scikit-image's biharmonic).
+        "eval": ["opencv-python-headless", "scikit-image"],
+        # Sources of the offline demo photographs (they ship inside these packages), and the main job's references.
+        "demo": ["scikit-image", "scikit-learn", "matplotlib", "opencv-python-headless"],
         # The Gradio demo app (app.py); its example photos come from scikit-image.
         "app": ["gradio>=6", "scikit-image"],
         # gradio and playwright for tests/test_app.py; the browser test uses the system Chromium (Debian's
         # `chromium` package), never a browser downloaded by `playwright install`.
-        "test": ["pytest", "scikit-image", "scikit-learn", "matplotlib", "tensorboard", "gradio>=6", "playwright"],
+        "test": ["pytest", "scikit-image", "scikit-learn", "matplotlib", "opencv-python-headless", "tensorboard",
+                 "gradio>=6", "playwright"],
     },
 )
