@@ -20,6 +20,7 @@ At the end the output folder holds the model (weights, config and remote code), 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,7 +37,6 @@ from modeling_lmd import (
     LMDConfig,
     LMDForPreTraining,
     LMDImageProcessor,
-    LMDReconstructionPipeline,
 )
 from modeling_lmd.data import (
     STREAMED_EVAL_SAMPLES,
@@ -56,6 +56,7 @@ from modeling_lmd.data import (
 from modeling_lmd.metrics import save_reconstruction_grid
 from modeling_lmd.model_card import render_model_card
 from modeling_lmd.pretrained import DEMO_VAE
+from modeling_lmd.run_folder import check_resume_matches, claim_output_dir, run_files, run_settings
 from modeling_lmd.trainer import (
     LMDTrainer,
     LMDTrainingArguments,
@@ -96,7 +97,8 @@ class ModelArguments:
         default=None,
         metadata={"help": "Store the frozen VAE's weights in every checkpoint (the default for a new model: "
                   "self-contained, works offline). False: checkpoints hold only the ViT and load the VAE from "
-                  "--vae_name_or_path, which must then be a Hub id."},
+                  "--vae_name_or_path (a Hub id, pinned to its commit, or a folder on this machine), refusing a VAE "
+                  "whose config or weights differ from the one trained with."},
     )
     mask_schedule: str | None = field(
         default=None, metadata={"help": f"Mask-ratio schedule: {', '.join(MASK_SCHEDULES)} (default: the config's)."}
@@ -171,6 +173,14 @@ class DataArguments:
     model_card_template: str | None = field(default=None, metadata={"help": "Jinja template of the model card."})
 
 
+#: MAE's base learning rate, the one a run gets when it gives neither --learning_rate nor --base_learning_rate.
+MAE_BASE_LEARNING_RATE = 1.5e-4
+
+#: Without --logging_steps / --eval_steps, a run logs 50 times and evaluates 10 times, whatever its length
+#: (`TrainingArguments` reads a float below 1 as that share of the training steps).
+DEFAULT_LOGGING_SHARE, DEFAULT_EVAL_SHARE = 0.02, 0.1
+
+
 def parse_arguments(args: list[str] | str | None):
     parser = HfArgumentParser((ModelArguments, DataArguments, LMDTrainingArguments))
     args = sys.argv[1:] if args is None else [str(args)] if isinstance(args, (str, os.PathLike)) else list(args)
@@ -181,13 +191,23 @@ def parse_arguments(args: list[str] | str | None):
     else:
         given = {arg[2:].split("=", 1)[0] for arg in args if arg.startswith("--")}
         parsed = parser.parse_args_into_dataclasses(args=args)
+    training_args = parsed[2]
     # Neither --do_train nor --do_eval given: do both (TrainingArguments turns do_eval on by itself whenever an
     # eval_strategy is set, which must not silently switch training off).
     if not {"do_train", "do_eval"} & given:
-        parsed[2].do_train = parsed[2].do_eval = True
-    if parsed[2].max_steps == 0:  # the Trainer would read 0 as "no limit" and train by epochs
+        training_args.do_train = training_args.do_eval = True
+    if training_args.max_steps == 0:  # the Trainer would read 0 as "no limit" and train by epochs
         raise ValueError("--max_steps 0 would train nothing; give a positive number, or -1 to train by epochs "
                          "(--num_train_epochs), or --do_eval without --do_train.")
+    if training_args.do_train and training_args.max_steps < 0 and training_args.num_train_epochs <= 0:
+        raise ValueError(f"--num_train_epochs {training_args.num_train_epochs:g} would train nothing; give a positive "
+                         "number of epochs or --max_steps, or --do_eval without --do_train.")
+    if not {"learning_rate", "base_learning_rate"} & given:
+        training_args.base_learning_rate = MAE_BASE_LEARNING_RATE
+    if "logging_steps" not in given:
+        training_args.logging_steps = DEFAULT_LOGGING_SHARE
+    if "eval_steps" not in given:
+        training_args.eval_steps = DEFAULT_EVAL_SHARE
     return parsed
 
 
@@ -202,7 +222,8 @@ def build_model(model_args: ModelArguments, data_args: DataArguments) -> tuple[L
     else:
         vae_type, vae_config = read_vae_config(vae, subfolder=model_args.vae_subfolder)
         config = LMDConfig.from_preset(model_args.model_preset, vae_type=vae_type, vae_config=vae_config,
-                                       **vae_reference(vae, model_args.vae_subfolder), **image_size)
+                                       **vae_reference(vae, model_args.vae_subfolder,
+                                                       local=model_args.vae_in_checkpoint is False), **image_size)
     if model_args.config_overrides:
         config.update_from_string(model_args.config_overrides)
     for name in ("mask_schedule", "mask_ratio", "norm_latent_loss", "visible_loss_weight", "vae_in_checkpoint"):
@@ -317,6 +338,8 @@ def card_facts(model_args, data_args, training_args, trainer, vae_description, a
     dataset = f"`{data_args.dataset_name}`" if data_args.dataset_name else "a local image folder"
     return {
         "repo_id": training_args.hub_model_id or os.path.basename(os.path.normpath(training_args.output_dir)),
+        # What the card's usage snippet loads: the Hub id once pushed, else the folder itself.
+        "model_id": training_args.hub_model_id or training_args.output_dir,
         "vae_description": vae_description,
         "dataset_description": dataset + (f" (`{tag}`)" if tag and not data_args.dataset_name else ""),
         "dataset_tag": tag,
@@ -332,9 +355,28 @@ def card_facts(model_args, data_args, training_args, trainer, vae_description, a
     }
 
 
-def main(args: list[str] | str | None = None) -> dict[str, Any]:
-    """Train / evaluate / save / push; returns the metrics written to `metrics.json`."""
-    model_args, data_args, training_args = parse_arguments(args)
+def resume_checkpoint(training_args: LMDTrainingArguments) -> str | None:
+    """The checkpoint to resume from: `--resume_from_checkpoint last` takes the newest one a kill did not cut short
+    (none in a new folder; a folder with files but no such checkpoint is refused, as it would be started over), and
+    a named one is checked the same way, before anything is built."""
+    checkpoint, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
+    if checkpoint in ("last", "latest", "auto"):
+        checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if checkpoint is None and run_files(output_dir) and not training_args.overwrite_output_dir:
+            raise ValueError(f"Output directory ({output_dir}) holds files but no complete checkpoint to resume "
+                             "from; use --overwrite_output_dir to start anew there (deleting them), or another "
+                             "--output_dir.")
+        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No checkpoint yet: starting anew.")
+    elif checkpoint is not None:
+        try:
+            check_checkpoint(checkpoint)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise ValueError(f"Cannot resume from {checkpoint} ({type(error).__name__}: {error}); "
+                             "--resume_from_checkpoint last picks the newest complete checkpoint.") from error
+    return checkpoint
+
+
+def set_up_logging(training_args: LMDTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])
     if training_args.should_log:  # "passive" log level: INFO on the main process, as run_mae does
@@ -344,27 +386,8 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
         logging.getLogger(name).setLevel(log_level)
     transformers.utils.logging.set_verbosity(log_level)
 
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint in ("last", "latest", "auto"):  # the newest checkpoint a kill did not cut short
-        output_dir = training_args.output_dir
-        checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No complete checkpoint yet: starting anew.")
-    elif checkpoint is not None:  # a named checkpoint is checked the same way, before anything is built
-        try:
-            check_checkpoint(checkpoint)
-        except Exception as error:  # noqa: BLE001 - re-raised with what to do
-            raise ValueError(f"Cannot resume from {checkpoint} ({type(error).__name__}: {error}); "
-                             "--resume_from_checkpoint last picks the newest complete checkpoint.") from error
 
-    set_seed(training_args.seed)  # a new model's initialisation is reproducible
-    model, vae_description = build_model(model_args, data_args)
-    train_dataset, eval_dataset, augmentation = build_datasets(data_args, training_args, model)
-    trainer = LMDTrainer(
-        model=model, args=training_args, train_dataset=train_dataset if training_args.do_train else None,
-        eval_dataset=eval_dataset, data_collator=collate_fn,
-        processing_class=LMDImageProcessor.from_model_config(model.config),
-    )
-
+def train_and_evaluate(trainer: LMDTrainer, training_args, eval_dataset, checkpoint: str | None) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -377,33 +400,64 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
+    return metrics
 
+
+def write_outputs(trainer: LMDTrainer, data_args, eval_dataset, metrics: dict[str, Any]) -> tuple[bool, bool]:
+    """reconstructions.png, training_curves.png and metrics.json (main process); whether the two images exist."""
+    output_dir = trainer.args.output_dir
     has_grid = eval_dataset is not None and data_args.num_reconstructions > 0
-    has_curves = False
-    if trainer.is_world_process_zero():
-        output_dir = training_args.output_dir
-        os.makedirs(output_dir, exist_ok=True)
-        if has_grid:
-            batch = collate_fn([eval_dataset[i] for i in range(min(data_args.num_reconstructions, len(eval_dataset)))])
-            save_reconstruction_grid(os.path.join(output_dir, "reconstructions.png"), trainer.lmd_model,
-                                     batch["pixel_values"], batch["mask_seed"])
-        has_curves = save_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"))
-        metrics.update(global_step=trainer.state.global_step, mask_schedule=model.config.mask_schedule,
-                       eval_samples=len(eval_dataset) if eval_dataset is not None else 0,
-                       cache_latents=data_args.cache_latents)
-        with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as handle:
-            json.dump(metrics, handle, indent=2, sort_keys=True)
+    if not trainer.is_world_process_zero():
+        return has_grid, False
+    if has_grid:
+        batch = collate_fn([eval_dataset[i] for i in range(min(data_args.num_reconstructions, len(eval_dataset)))])
+        save_reconstruction_grid(os.path.join(output_dir, "reconstructions.png"), trainer.lmd_model,
+                                 batch["pixel_values"], batch["mask_seed"])
+    has_curves = save_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"))
+    config = trainer.lmd_model.config
+    metrics.update(global_step=trainer.state.global_step, mask_schedule=config.mask_schedule,
+                   eval_samples=len(eval_dataset) if eval_dataset is not None else 0,
+                   cache_latents=data_args.cache_latents)
+    with open(os.path.join(output_dir, "metrics.json"), "w", encoding="utf-8") as handle:
+        json.dump(metrics, handle, indent=2, sort_keys=True)
+    return has_grid, has_curves
 
+
+def main(args: list[str] | str | None = None) -> dict[str, Any]:
+    """Train / evaluate / save / push; returns the metrics written to `metrics.json`."""
+    model_args, data_args, training_args = parse_arguments(args)
+    set_up_logging(training_args)
+    checkpoint = resume_checkpoint(training_args)
+    # Before anything is written: the folder is this run's (see modeling_lmd.run_folder); the lock is held to the end.
+    lock = claim_output_dir(training_args.output_dir, resuming=checkpoint is not None,
+                            overwrite=training_args.overwrite_output_dir,
+                            main_process=training_args.process_index == 0)
+    with lock or contextlib.nullcontext():
+        return train_in_claimed_folder(model_args, data_args, training_args, checkpoint)
+
+
+def train_in_claimed_folder(model_args, data_args, training_args, checkpoint: str | None) -> dict[str, Any]:
+    set_seed(training_args.seed)  # a new model's initialisation is reproducible
+    model, vae_description = build_model(model_args, data_args)
+    settings = run_settings(model.config, None if model_args.model_name_or_path else model_args.model_preset,
+                            data_args.latent_cache_dtype if data_args.cache_latents else None)
+    if checkpoint is not None:  # before the latents are cached with this run's VAE
+        check_resume_matches(checkpoint, settings)
+    train_dataset, eval_dataset, augmentation = build_datasets(data_args, training_args, model)
+    trainer = LMDTrainer(
+        model=model, args=training_args, train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_dataset, data_collator=collate_fn,
+        processing_class=LMDImageProcessor.from_model_config(model.config), run_settings=settings,
+    )
+    metrics = train_and_evaluate(trainer, training_args, eval_dataset, checkpoint)
+    has_grid, has_curves = write_outputs(trainer, data_args, eval_dataset, metrics)
     facts = card_facts(model_args, data_args, training_args, trainer, vae_description, augmentation, has_grid,
                        has_curves)
     trainer.model_card_text = render_model_card(trainer.lmd_model, training_args, metrics, facts,
                                                 data_args.model_card_template)
-    if trainer.is_world_process_zero():
-        # The pipeline saves the model, the image processor and its own code with config.json's `custom_pipelines`
-        # entry, so `pipeline(model=..., trust_remote_code=True)` works without this package.
-        pipe = LMDReconstructionPipeline(model=trainer.lmd_model, image_processor=trainer.processing_class,
-                                         device=trainer.lmd_model.device)
-        pipe.save_pretrained(training_args.output_dir)
+    # The model, its image processor, the pipeline's code and config.json's `custom_pipelines` (LMDTrainer._save):
+    # `pipeline(model=..., trust_remote_code=True)` works without this package.
+    trainer.save_model()
     if training_args.push_to_hub:  # saves the model and processor again, writes README.md, uploads the output folder
         trainer.push_to_hub(commit_message=f"LMD pre-training: {trainer.state.global_step} steps")
     else:

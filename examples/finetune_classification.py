@@ -26,8 +26,9 @@ On a GPU, a Hub dataset and a Hub LMD checkpoint, published on the Hub at the en
         --eval_strategy epoch --logging_steps 10 --push_to_hub --hub_model_id your-name/lmd-base-beans
 
 The output folder (model, image processor, metrics, model card) loads with
-`pipeline("image-classification", model=output_dir)` once `modeling_lmd` is imported, or with
-`trust_remote_code=True` without the package. `benchmarks/downstream.py` pre-trains a small LMD on the digits
+`pipeline("image-classification", model=output_dir, trust_remote_code=True)`, with or without the package installed
+(its config names the code it ships). Images are read as pre-training reads them: every file is opened before the
+first step and an unreadable one is named and skipped, as is a file whose name is not valid UTF-8. `benchmarks/downstream.py` pre-trains a small LMD on the digits
 itself and compares this fine-tuning against the same encoder trained from scratch.
 """
 
@@ -43,7 +44,7 @@ import transformers
 from transformers import EvalPrediction, HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from modeling_lmd import LMDForImageClassification, LMDImageProcessor
-from modeling_lmd.data import RandomResizedCropFlip, load_image_datasets
+from modeling_lmd.data import RandomResizedCropFlip, drop_unreadable_images, load_image_datasets
 from modeling_lmd.pretrained import DEMO_LMD
 
 
@@ -128,6 +129,12 @@ def main(args: list[str] | None = None) -> dict:
     if not isinstance(labels, datasets.ClassLabel):
         raise ValueError(f"The label column {label_column!r} is a {labels}, not a ClassLabel with the class names; "
                          "encode it first (datasets' `class_encode_column`).")
+    for split in dataset:
+        if None in dataset[split].unique(label_column):  # an image folder with images directly inside it
+            raise ValueError(f"Some {split} images have no class: an image folder needs one subfolder per class "
+                             "(<folder>/<class name>/<image>), with no image directly in <folder>.")
+        # Unreadable images are named and dropped before any step, as pre-training does.
+        dataset[split], _ = drop_unreadable_images(dataset[split], image_column, split)
     id2label = dict(enumerate(labels.names))
     label2id = {name: index for index, name in id2label.items()}
     if training_args.do_eval and "validation" not in dataset:
@@ -203,7 +210,20 @@ def main(args: list[str] | None = None) -> dict:
         trainer.push_to_hub(**card)
     else:
         trainer.create_model_card(**card)
+        if os.path.isdir(model_args.model_name_or_path):
+            name_local_parent(os.path.join(training_args.output_dir, "README.md"), model_args.model_name_or_path)
     return metrics
+
+
+def name_local_parent(card_path: str, parent: str) -> None:
+    """transformers' card says "trained from scratch" when the checkpoint it started from is a folder (it has no Hub
+    page to link to); say which folder instead."""
+    with open(card_path, encoding="utf-8") as handle:
+        text = handle.read()
+    text = text.replace("This model was trained from scratch on",
+                        f"This model is a fine-tuned version of the local LMD checkpoint `{parent}` on")
+    with open(card_path, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 if __name__ == "__main__":

@@ -187,12 +187,16 @@ class LMDConfig(PreTrainedConfig):
             The ratios the schedule starts from and ends at.
         classifier_pooling (`str`, defaults to `"mean"`):
             How [`LMDForImageClassification`] pools the encoder output: `"mean"` over patch tokens or `"cls"`.
-        vae_name_or_path (`str`, *optional*), vae_subfolder (`str`, *optional*):
-            Where the VAE's weights can be loaded from (a Hub id or a folder, and the subfolder inside it);
-            `from_vae` records a Hub id.
+        vae_name_or_path (`str`, *optional*), vae_subfolder (`str`, *optional*), vae_revision (`str`, *optional*):
+            Where the VAE's weights can be loaded from: a Hub id (with the commit it resolved to) or a folder, and
+            the subfolder inside it; `from_vae` records a Hub id.
+        vae_sha256 (`str`, *optional*):
+            A sha256 of the VAE's weights (`vae_lmd.vae_weights_sha256`), recorded by `from_vae`: a VAE loaded by
+            reference must match it, and a resumed run must use the same VAE.
         vae_in_checkpoint (`bool`, defaults to `True`):
             Save the VAE's weights in every checkpoint (self-contained, works offline). With `False` checkpoints
-            hold only the ViT, and `from_pretrained` loads the VAE from `vae_name_or_path`.
+            hold only the ViT, and `from_pretrained` loads the VAE from `vae_name_or_path`, checked against
+            `vae_config` and `vae_sha256`.
 
     Derived (read-only) properties: `latent_channels`, `latent_size`, `vae_downsampling_factor`, and the patch
     geometry: `patch_pixels` (pixels per latent patch side), `grid_size` (patches per side), `num_patches`.
@@ -236,6 +240,8 @@ class LMDConfig(PreTrainedConfig):
     classifier_pooling: str = "mean"
     vae_name_or_path: str | None = None
     vae_subfolder: str | None = None
+    vae_revision: str | None = None
+    vae_sha256: str | None = None
     vae_in_checkpoint: bool = True
 
     def __post_init__(self, **kwargs):

@@ -4,6 +4,7 @@ and a `model-index` of the held-out PSNRs, so the Hub shows them."""
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -15,6 +16,8 @@ CARD_TAGS = ["lmd", "masked-image-modeling", "image-to-image", "arxiv:2312.07971
 #: The metrics that go into the card's `model-index` (what the Hub shows): LMD with its baseline and its ceiling.
 MODEL_INDEX_METRICS = {
     "masked_psnr": "Hidden-region PSNR (dB), LMD, leak-free",
+    "biharmonic_psnr": "Hidden-region PSNR (dB), classical: biharmonic inpainting",
+    "telea_psnr": "Hidden-region PSNR (dB), classical: Telea inpainting",
     "pixel_mean_fill_psnr": "Hidden-region PSNR (dB), baseline: mean-colour fill",
     "vae_psnr": "Hidden-region PSNR (dB), ceiling: the VAE alone",
 }
@@ -26,7 +29,15 @@ METRIC_LABELS = {
     "masked_psnr_latent_masking": "PSNR (dB), LMD, whole image encoded, latents masked (paper's setting)",
     "pixel_mean_fill_psnr": "PSNR (dB), baseline: hidden pixels painted with the visible mean colour",
     "latent_mean_fill_psnr": "PSNR (dB), baseline: hidden latents set to the visible mean latent",
+    "biharmonic_psnr": "PSNR (dB), classical inpainting: scikit-image's biharmonic",
+    "telea_psnr": "PSNR (dB), classical inpainting: OpenCV's Telea",
+    "navier_stokes_psnr": "PSNR (dB), classical inpainting: OpenCV's Navier-Stokes",
     "vae_psnr": "PSNR (dB), ceiling: the VAE's own reconstruction",
+    "masked_ssim": "SSIM, LMD, leak-free",
+    "biharmonic_ssim": "SSIM, biharmonic",
+    "telea_ssim": "SSIM, Telea",
+    "pixel_mean_fill_ssim": "SSIM, mean-colour fill",
+    "vae_ssim": "SSIM, the VAE alone",
 }
 
 
@@ -40,7 +51,7 @@ def render_model_card(
         training_args: the run's `LMDTrainingArguments`.
         metrics: what `train_lmd.py` writes to `metrics.json` (`eval_*` entries are tabulated).
         facts: what only the script knows: `repo_id`, `vae_description`, `dataset_description`, `dataset_tag`
-            (a Hub dataset id or `None`), `augmentation`, `train_samples`, `global_step`, `total_batch_size`,
+            (a Hub dataset id or `None`), `model_id` (what the usage snippet loads), `augmentation`, `train_samples`, `global_step`, `total_batch_size`,
             `has_reconstructions`, `has_curves`, `base_model` (the VAE's Hub id, or `None`) and `license` (of the
             weights; default `apache-2.0`, the package's).
     """
@@ -53,12 +64,13 @@ def render_model_card(
                    dataset_name=facts["dataset_description"].strip("`"), dataset_split="validation",
                    metric_type="psnr", metric_name=f"{label}, mask ratio {model.config.mask_ratio}",
                    metric_value=round(float(metrics[f"eval_{name}"]), 2))
-        for name, label in MODEL_INDEX_METRICS.items() if f"eval_{name}" in metrics
+        for name, label in MODEL_INDEX_METRICS.items() if math.isfinite(metrics.get(f"eval_{name}", math.nan))
     ]
     card_data = ModelCardData(
         license=facts.get("license") or "apache-2.0",
         library_name="transformers",
-        pipeline_tag="image-to-image",
+        # No pipeline_tag: the Hub's tags name transformers' own tasks, and this model's task is the custom
+        # "lmd-reconstruction" (transformers 5 refuses to build the removed "image-to-image" task).
         tags=list(CARD_TAGS),
         datasets=[facts["dataset_tag"]] if facts.get("dataset_tag") else None,
         base_model=facts.get("base_model"),
@@ -68,7 +80,7 @@ def render_model_card(
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     metrics_table = [(label, f"{metrics[f'eval_{name}']:.4g}") for name, label in METRIC_LABELS.items()
-                     if f"eval_{name}" in metrics]
+                     if math.isfinite(metrics.get(f"eval_{name}", math.nan))]
     card = ModelCard.from_template(
         card_data,
         template_path=template_path or TEMPLATE,

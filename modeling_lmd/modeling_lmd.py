@@ -29,7 +29,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -39,11 +39,16 @@ from .vae_lmd import (
     VAE_CLASSES,
     build_vae,
     load_pretrained_vae,
+    load_referenced_vae,
     read_vae_config,
     vae_decode,
     vae_encode,
     vae_reference,
+    vae_weights_sha256,
 )
+
+
+logger = logging.get_logger(__name__)
 
 
 # --- outputs -----------------------------------------------------------------------------------------------------
@@ -429,18 +434,22 @@ class LMDPreTrainedModel(PreTrainedModel):
         else:
             vae_type, vae_config = type(vae).__name__, dict(vae.config)
         check_choice("vae_type", vae_type, tuple(VAE_CLASSES))
-        vae_fields = {"vae_type": vae_type, "vae_config": vae_config, **(vae_reference(vae, subfolder) if is_path else {})}
+        if is_path:
+            vae_fields = {"vae_type": vae_type, "vae_config": vae_config, **vae_reference(vae, subfolder)}
+            vae = load_pretrained_vae(os.fspath(vae), subfolder=subfolder)
+        else:
+            vae_fields = {"vae_type": vae_type, "vae_config": vae_config}
+        vae_fields["vae_sha256"] = vae_weights_sha256(vae)
         if config is not None:
             config = LMDConfig.from_dict({**config.to_dict(), **vae_fields, **config_kwargs})
         else:
             preset = config_kwargs.pop("preset", None)
             config_kwargs = {**vae_fields, **config_kwargs}
             config = LMDConfig.from_preset(preset, **config_kwargs) if preset else LMDConfig(**config_kwargs)
-        if is_path:
-            vae = load_pretrained_vae(os.fspath(vae), subfolder=subfolder)
         model = cls(config)
         # Copy after construction: `post_init` would otherwise re-initialise the VAE's weights.
         model.base_model.vae.load_state_dict(vae.state_dict())
+        model.base_model.vae_is_pretrained = True
         return model
 
     @classmethod
@@ -451,8 +460,8 @@ class LMDPreTrainedModel(PreTrainedModel):
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         if not model.config.vae_in_checkpoint:
             download = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
-            vae = load_pretrained_vae(model.config.vae_name_or_path, model.config.vae_subfolder, **download)
-            model.base_model.vae.load_state_dict(vae.state_dict())
+            model.base_model.vae.load_state_dict(load_referenced_vae(model.config, **download).state_dict())
+        model.base_model.vae_is_pretrained = True
         return loaded
 
 
@@ -480,6 +489,7 @@ class LMDModel(LMDPreTrainedModel):
     def __init__(self, config: LMDConfig):
         super().__init__(config)
         self.vae = build_vae(config)
+        self.vae_is_pretrained = False  # set by `from_vae` / `from_pretrained`, which load its weights
         self.embeddings = LMDEmbeddings(config)
         self.layers = nn.ModuleList(
             LMDLayer(config, config.hidden_size, config.num_attention_heads, config.intermediate_size)
@@ -503,12 +513,22 @@ class LMDModel(LMDPreTrainedModel):
     def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """Pixels in [-1, 1] `(B, 3, H, W)` -> unit-scaled latents `(B, C, h, w)` (see `vae_lmd.vae_encode`)."""
         check_inputs(self.config, pixel_values, None, interpolate_pos_encoding, check_values=not self.training)
+        self.warn_if_random_vae()
         return vae_encode(self.vae, pixel_values)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unit-scaled latents `(B, C, h, w)` -> pixels `(B, 3, H, W)`, nominally in [-1, 1] (not clamped)."""
         check_inputs(self.config, None, latents, interpolate_pos_encoding=True, check_values=not self.training)
+        self.warn_if_random_vae()
         return vae_decode(self.vae, latents)
+
+    def warn_if_random_vae(self) -> None:
+        # Eager calls only: a warning inside a compiled graph would break it in two.
+        if not self.vae_is_pretrained and not torch.compiler.is_compiling():
+            logger.warning_once(
+                "The VAE of this LMD model has random weights: it was built from `config.vae_config` and never "
+                "loaded. Build models with `from_vae(...)` or `from_pretrained(...)`; latents of a random VAE mean "
+                "nothing.")
 
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
@@ -545,6 +565,7 @@ class LMDModel(LMDPreTrainedModel):
             )
         check_inputs(self.config, pixel_values, latents, interpolate_pos_encoding, check_values=not self.training)
         if latents is None:
+            self.warn_if_random_vae()
             latents = vae_encode(self.vae, pixel_values)
         latents = latents.to(self.embeddings.patch_embeddings.weight.dtype)
         num_patches = (latents.shape[-2] // self.config.patch_size) * (latents.shape[-1] // self.config.patch_size)

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -30,11 +31,14 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
 
 from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
 from .metrics import METRIC_NAMES, reconstruction_metrics, summarize_reconstruction_metrics
 from .modeling_lmd import check_input_values, num_visible_patches
+from .pipeline_lmd import LMDReconstructionPipeline
+from .run_folder import RUN_SETTINGS_FILE
 
 
 logger = logging.getLogger(__name__)
@@ -58,7 +62,7 @@ class LMDTrainingArguments(TrainingArguments):
         default=None,
         metadata={
             "help": "Base learning rate: the actual one is base_learning_rate * total_batch_size / 256 (MAE's "
-            "rule; total = per-device batch x gradient accumulation x processes). Overrides --learning_rate."
+            "rule; total = per-device batch x gradient accumulation x processes). Overrides --learning_rate. train_lmd.py uses MAE's 1.5e-4 when neither is given."
         },
     )
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (none on biases, norms, tokens)."})
@@ -69,6 +73,12 @@ class LMDTrainingArguments(TrainingArguments):
     )
     eval_seed: int = field(
         default=0, metadata={"help": "Seed of the evaluation masks and of reconstructions.png (fixed: comparable runs)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Overwrite the content of the output directory. Use this to continue training if "
+                  "output_dir points to a checkpoint directory (train_lmd.py refuses a non-empty one without it, "
+                  "unless resuming; with it, the folder's old files are deleted first)."},
     )
     # The filter tests every step's loss for NaN / inf on the host, a device sync per step; LMD's inputs are checked
     # at the door instead (values of the first batches), so it is off unless asked for.
@@ -137,9 +147,10 @@ class LMDTrainer(Trainer):
     # LMDForPreTraining returns a per-batch mean: the Trainer divides it by the accumulation steps.
     loss_is_scaled_for_ga = False
 
-    def __init__(self, *args, model_card_text: str | None = None, **kwargs):
+    def __init__(self, *args, model_card_text: str | None = None, run_settings: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.model_card_text = model_card_text
+        self.run_settings = run_settings
         if self.compute_metrics is None:
             self.compute_metrics = self.summarize_evaluation
         self._last_train_mask_ratio: float | None = None
@@ -251,6 +262,25 @@ class LMDTrainer(Trainer):
         return {**summarize_reconstruction_metrics(eval_prediction),
                 "mask_ratio": float(self.lmd_model.config.mask_ratio)}
 
+    # --- saving --------------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Every folder the Trainer saves, each `checkpoint-N` as well as the final one, is a whole pipeline (model,
+        image processor, config.json's `custom_pipelines` and the code: it loads with `pipeline(...,
+        trust_remote_code=True)` in a fresh process, without this package) and holds the run's settings
+        (`lmd_run.json`, which a resume must match). A state dict handed over (DeepSpeed, FSDP) takes the
+        Trainer's own save."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if state_dict is not None or self.processing_class is None:
+            super()._save(output_dir, state_dict)
+        elif self.args.should_save:
+            LMDReconstructionPipeline(model=self.lmd_model, image_processor=self.processing_class,
+                                      device=self.lmd_model.device).save_pretrained(output_dir)
+            torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))  # as the Trainer's own save does
+        if self.args.should_save and self.run_settings is not None:
+            with open(os.path.join(output_dir, RUN_SETTINGS_FILE), "w", encoding="utf-8") as handle:
+                json.dump(self.run_settings, handle, indent=1, sort_keys=True)
+
     # --- model card ------------------------------------------------------------------------------
 
     def create_model_card(self, *args, **kwargs) -> None:
@@ -270,7 +300,6 @@ def check_readable(path: str) -> None:
     """Raise unless the file reads to its end, by the kind a resume reads it as: JSON parses, every safetensors
     tensor loads, and a torch file (optimizer, scheduler, RNG states: zip archives) has every record intact by its
     CRC, checked without unpickling anything."""
-    import json
     import zipfile
 
     from safetensors import safe_open

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -172,3 +173,50 @@ def test_digits_image_folder(tmp_path):
     build_digits_folder(str(tmp_path / "digits"))  # incomplete: written again, byte for byte the same
     assert {name: digest for name, (_, digest) in contents().items()} == {
         name: digest for name, (_, digest) in first.items()}
+
+
+def test_unreadable_images_and_non_utf8_names_are_skipped_and_named(example, tiny_checkpoint, image_folder, tmp_path,
+                                                                     caplog):
+    truncated = image_folder / "train" / "cat" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    bad_name = os.path.join(os.fsencode(image_folder / "train" / "dog"), b"caf\xe9.png")
+    with open(bad_name, "wb") as handle:
+        handle.write((image_folder / "train" / "dog" / "1.png").read_bytes())
+    with caplog.at_level("WARNING"):
+        metrics = example.main([
+            "--model_name_or_path", str(tiny_checkpoint), "--train_dir", str(image_folder / "train"),
+            "--validation_dir", str(image_folder / "validation"), "--output_dir", str(tmp_path / "run"),
+            "--do_train", "--do_eval", "--max_steps", "2", "--per_device_train_batch_size", "6", *QUIET,
+        ])
+    assert metrics["train_samples"] == 17  # 18 good images, one cut short; the odd name left out
+    assert "0.png" in caplog.text and "caf\\xe9.png" in caplog.text
+
+
+def test_a_folder_without_class_subfolders_is_refused_with_what_to_do(example, tiny_checkpoint, tmp_path):
+    for split in ("train", "validation"):
+        (tmp_path / "flat" / split).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / "flat" / split / f"{i}.png")
+    with pytest.raises(ValueError, match=r"no class: an image folder needs one subfolder per class"):
+        example.main(["--model_name_or_path", str(tiny_checkpoint), "--train_dir", str(tmp_path / "flat" / "train"),
+                      "--validation_dir", str(tmp_path / "flat" / "validation"), "--output_dir", str(tmp_path / "run"),
+                      "--do_train", "--max_steps", "1", *QUIET])
+
+
+def test_the_card_of_a_classifier_from_a_local_checkpoint_names_it(example, tiny_checkpoint, image_folder, tmp_path):
+    example.main(["--model_name_or_path", str(tiny_checkpoint), "--train_dir", str(image_folder / "train"),
+                  "--validation_dir", str(image_folder / "validation"), "--output_dir", str(tmp_path / "run"),
+                  "--do_train", "--max_steps", "1", *QUIET])
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "trained from scratch" not in card and f"local LMD checkpoint `{tiny_checkpoint}`" in card
+
+
+def test_the_readme_classifier_line_runs_as_written(example, tiny_checkpoint, image_folder, tmp_path):
+    example.main(["--model_name_or_path", str(tiny_checkpoint), "--train_dir", str(image_folder / "train"),
+                  "--validation_dir", str(image_folder / "validation"), "--output_dir", str(tmp_path / "runs" /
+                  "digits-clf"), "--do_train", "--max_steps", "1", *QUIET])
+    readme = open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8").read()
+    line = re.search(r'`(pipeline\("image-classification", model="runs/digits-clf"[^`]*)`', readme).group(1)
+    result = run_python(["-c", "from PIL import Image\nfrom transformers import pipeline\n"
+                         f"classify = {line}\nprint(classify(Image.new('RGB', (20, 20)))[0]['label'])"], cwd=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] in CLASSES

@@ -25,11 +25,13 @@ README = Path(REPO_ROOT) / "README.md"
 DOCUMENTS = [README, Path(DEMO_LMD) / "README.md", Path(DEMO_VAE) / "README.md", Path(REPO_ROOT) / "docs" / "RESULTS.md"]
 
 
-def fenced_blocks(path: Path, language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", path.read_text(), flags=re.M | re.S)
+def fenced_blocks(path: Path | str, language: str) -> list[str]:
+    """The fenced blocks of a document (a path, or its text)."""
+    text = path.read_text() if isinstance(path, Path) else path
+    return re.findall(rf"^```{language}\n(.*?)^```", text, flags=re.M | re.S)
 
 
-def shell_commands(path: Path) -> list[list[str]]:
+def shell_commands(path: Path | str) -> list[list[str]]:
     """Every command of the document's bash blocks, as argv lists (continuations joined, comments dropped)."""
     commands = []
     for block in fenced_blocks(path, "bash"):
@@ -138,3 +140,15 @@ def test_the_one_gpu_recipe_runs_at_cpu_size(train_lmd, tmp_path):
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and metrics["cache_latents"] and "eval_masked_psnr" in metrics
     assert (tmp_path / "run" / "pipeline_lmd.py").is_file() and (tmp_path / "run" / "checkpoint-2").is_dir()
+
+
+def test_the_readme_cpu_demo_is_what_the_main_job_runs():
+    """The README's "CPU demo" train command is `examples/run_demo.sh`'s, with the script's defaults filled in."""
+    script = (Path(REPO_ROOT) / "examples" / "run_demo.sh").read_text()
+    defaults = dict(re.findall(r'^(\w+)="\$\{\w+:-([^}]*)\}"', script, flags=re.M))
+    invocation = re.search(r"^python train_lmd\.py.*?\"\$@\"", script, flags=re.M | re.S).group(0)
+    invocation = re.sub(r"\$(\w+)", lambda match: defaults.get(match.group(1), match.group(0)), invocation)
+    expected = shlex.split(invocation.replace("\\\n", " ").replace('"$@"', ""))
+    demo = README.read_text().split("**CPU demo**", 1)[1].split("```\n\n", 1)[0] + "```\n"
+    shown = next(command for command in shell_commands(demo) if command[:2] == ["python", "train_lmd.py"])
+    assert shown == [arg for arg in expected if arg]

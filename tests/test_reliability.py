@@ -438,6 +438,10 @@ def test_cached_latents_are_read_a_batch_at_a_time_as_a_pure_function_of_seed_ep
     assert torch.equal(as_bf16[3]["latents"], mapped[3]["latents"].to(torch.bfloat16).float())
     sizes = [sum(f.stat().st_size for f in (tmp_path / "cache" / i["key"]).rglob("*.arrow")) for i in (info, half_info)]
     assert sizes[1] < 0.6 * sizes[0]
+    # In memory too: one bfloat16 tensor, read through Arrow without widening to int64 on the way.
+    half_in_memory = LatentDataset(half, seed=5, latent_flip=True, storage_dtype="bfloat16", in_memory=True)
+    assert half_in_memory.latents.dtype == torch.bfloat16 and half_in_memory.latents.shape == views.shape
+    assert torch.equal(half_in_memory[3]["latents"], as_bf16[3]["latents"])
 
 
 def test_a_cached_run_with_views_flips_and_bfloat16_resumes_to_the_same_weights(train_lmd, vae_folder, tmp_path):

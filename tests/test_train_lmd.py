@@ -101,7 +101,9 @@ def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_fold
         assert torch.equal(saved[f"lmd.vae.{name}"], tensor), name
 
     grid = Image.open(output_dir / "reconstructions.png")
-    assert grid.size == (4 * 96, 3 * 96)  # four panels per validation image, each enlarged to 96 px
+    # Six labelled columns per validation image (MAE's four, biharmonic, Telea), each enlarged to 128 px, under an
+    # 18 px header of labels.
+    assert grid.size == (6 * 128, 18 + 3 * 128)
     curves = Image.open(output_dir / "training_curves.png")
     assert curves.width > 3 * curves.height  # four panels side by side: loss, mask ratio, lr, held-out PSNR
 
@@ -109,18 +111,20 @@ def test_train_lmd_end_to_end_from_a_json_file(train_lmd, image_folder, vae_fold
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers"
     assert set(metadata["tags"]) >= {"lmd", "masked-image-modeling", "image-to-image"}
-    assert metadata["pipeline_tag"] == "image-to-image" and metadata["datasets"] == ["toy-images"]
+    assert "pipeline_tag" not in metadata and metadata["datasets"] == ["toy-images"]
     assert "piecewise" in card and 'pipeline("lmd-reconstruction"' in card and "{{" not in card
     assert "mean colour" in card and "VAE's own reconstruction" in card
     assert "| Loss | MSE on the hidden patches |" in card  # visible_loss_weight 0: hidden patches only
     assert "](reconstructions.png)" in card and "](training_curves.png)" in card
     assert "arxiv:2312.07971" in metadata["tags"]
     assert metadata["license"] == "apache-2.0" and "@inproceedings{ma2024lmd" in card
-    # model-index: the held-out PSNR of LMD, the mean-colour fill and the VAE alone, as the Hub reads them.
+    # model-index: the held-out PSNR of LMD, classical inpainting, the mean-colour fill and the VAE alone.
     (entry,) = metadata["model-index"]
-    (result,) = entry["results"]  # one task on one dataset, three metrics
+    (result,) = entry["results"]  # one task on one dataset: LMD and its four references
     psnrs = {metric["name"].split(", ")[1]: metric["value"] for metric in result["metrics"]}
     assert psnrs == {"LMD": round(written["eval_masked_psnr"], 2),
+                     "classical: biharmonic inpainting": round(written["eval_biharmonic_psnr"], 2),
+                     "classical: Telea inpainting": round(written["eval_telea_psnr"], 2),
                      "baseline: mean-colour fill": round(written["eval_pixel_mean_fill_psnr"], 2),
                      "ceiling: the VAE alone": round(written["eval_vae_psnr"], 2)}
     assert result["dataset"]["type"] == "toy-images" and result["task"]["type"] == "image-to-image"
@@ -177,9 +181,9 @@ def test_config_overrides_reach_the_model_and_bad_ones_are_refused(train_lmd, im
     config = LMDForPreTraining.from_pretrained(tmp_path / "run").config
     assert (config.hidden_size, config.num_attention_heads, config.norm_latent_loss) == (64, 8, True)
     with pytest.raises(ValueError, match="isn't in the original config"):
-        train_lmd.main([*args[:-1], "nonsense=1"])
+        train_lmd.main(["--overwrite_output_dir", *args[:-1], "nonsense=1"])
     with pytest.raises(Exception, match=r"hidden_size` \(62\) must be divisible"):
-        train_lmd.main([*args[:-1], "hidden_size=62"])
+        train_lmd.main(["--overwrite_output_dir", *args[:-1], "hidden_size=62"])
 
 
 def test_images_become_rgb_in_minus_one_one():

@@ -52,10 +52,7 @@ def load_image_datasets(
         dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
     elif train_dir is not None:
         folders = {"train": train_dir, "validation": validation_dir}
-        for split, folder in folders.items():
-            if folder is not None and not any(files for _, _, files in os.walk(folder)):
-                raise ValueError(f"The {split} folder {folder!r} holds no files (expected images, e.g. PNG or JPEG).")
-        data_files = {split: os.path.join(folder, "**") for split, folder in folders.items() if folder is not None}
+        data_files = {split: folder_files(folder, split) for split, folder in folders.items() if folder is not None}
         dataset = datasets.load_dataset("imagefolder", data_files=data_files, cache_dir=cache_dir, streaming=streaming)
     else:
         raise ValueError("Pass --dataset_name or --train_dir (with optional --validation_dir).")
@@ -80,6 +77,27 @@ def load_image_datasets(
         split = dataset["train"].train_test_split(test_size=train_val_split, seed=seed)
         dataset["train"], dataset["validation"] = split["train"], split["test"]
     return dataset
+
+
+def folder_files(folder: str, split: str) -> list[str]:
+    """Every file under `folder`, sorted. A name that is not valid UTF-8 (which `datasets` cannot hold) is skipped
+    with a warning that shows its bytes; a folder with no other file is an error."""
+    files, skipped = [], []
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            try:
+                path.encode("utf-8")
+            except UnicodeEncodeError:
+                skipped.append(os.fsencode(path))
+                continue
+            files.append(path)
+    if skipped:
+        logger.warning(f"Skipping {len(skipped)} {split} file(s) whose names are not valid UTF-8: "
+                       + ", ".join(repr(name) for name in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
+    if not files:
+        raise ValueError(f"The {split} folder {folder!r} holds no files (expected images, e.g. PNG or JPEG).")
+    return sorted(files)
 
 
 def first_rows(stream, count: int):

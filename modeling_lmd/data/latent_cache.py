@@ -37,6 +37,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..vae_lmd import vae_weights_sha256
 from .datasets import derive_seed
 from .images import readable_image, scan_images
 
@@ -59,13 +60,8 @@ def default_latent_cache_dir() -> str:
 
 def vae_identity(vae) -> dict:
     """What makes two VAEs encode alike: class, config and a sha256 of every weight."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(vae.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(tensor.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     config = {k: v for k, v in dict(vae.config).items() if not str(k).startswith("_")}
-    return {"class": type(vae).__name__, "config": config, "weights_sha256": digest.hexdigest()}
+    return {"class": type(vae).__name__, "config": config, "weights_sha256": vae_weights_sha256(vae)}
 
 
 def latent_cache_key(
