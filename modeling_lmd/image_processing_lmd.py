@@ -1,8 +1,20 @@
 """Image processor for LMD: any image -> RGB, resized to cover and centre-cropped, pixels in [-1, 1]; and back to PIL.
 
-Shipped as remote code next to every checkpoint, so it imports only numpy, PIL, torch and transformers.
+Reading images (`to_rgb_image`, the one reader of the pipeline, the app and training), by what their values mean:
+
+- 8-bit images are taken as they are; 16-bit ones (`I;16` PIL images, `uint16` arrays, `I` PIL images, which is how
+  PIL holds some 16-bit files) scale by 255 / 65535, so 65535 is white; float images (`F`, float arrays) must be in
+  [0, 1] and are refused otherwise. Nothing is stretched to an image's own range.
+- Grayscale, palette, CMYK and the rest convert as PIL converts them. Transparent pixels (RGBA, LA, palette with a
+  transparent colour) are composited onto white, with a warning, as a viewer on a white page shows them; opaque
+  alpha is dropped silently, as it loses nothing.
+- EXIF orientation is applied to paths and PIL images alike (as transformers' and diffusers' `load_image` do), and
+  to mask images and mask files. Arrays and tensors carry no EXIF: a mask array is over the upright photo.
+
+Shipped as remote code next to every checkpoint, so it imports only numpy, PIL, torch, transformers and diffusers.
 """
 
+import io
 import os
 import warnings
 from typing import Any
@@ -16,18 +28,22 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 
 
-def load_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Image.Image:
-    """Open an image file with EXIF rotation applied, or say which of the ways it failed: no file
-    (`FileNotFoundError`), not an image, more than `max_pixels` (or PIL's decompression-bomb limit) by its header
-    before any pixel is decoded, or damaged pixel data (`ValueError`)."""
-    path = os.fspath(path)
-    name = f"'{os.path.basename(path)}'"
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"No file at {path!r}.")
+#: The EXIF tag that says how the camera was held (1 = upright as stored).
+EXIF_ORIENTATION = 0x0112
+#: How far a float image may stray outside [0, 1] (rounding in a resize, say) before it is refused: half a level.
+FLOAT_TOLERANCE = 0.5 / 255
+TRANSPARENCY_WARNING = ("The image has transparent pixels: they were composited onto white and the alpha channel "
+                        "dropped (LMD models see RGB). To choose another background, composite the image yourself, "
+                        "e.g. PIL.Image.alpha_composite(background, image.convert('RGBA')).convert('RGB').")
+
+
+def _decode(source, name: str, max_pixels: int | None) -> PIL.Image.Image:
+    """Open and decode an image (a path or a file object), or a `ValueError` that says why not: not an image, more
+    than `max_pixels` (or PIL's decompression-bomb limit) by its header before any pixel is decoded, or damaged."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            image = PIL.Image.open(path)  # reads the header only
+            image = PIL.Image.open(source)  # reads the header only
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
         raise ValueError(f"{name} is far too large (over {PIL.Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels).") from None
     except Exception as error:  # noqa: BLE001 - PIL raises several unrelated types for non-image files
@@ -40,95 +56,142 @@ def load_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> P
         image.load()
     except Exception as error:  # noqa: BLE001 - truncated or corrupt pixel data, several types
         raise ValueError(f"{name} looks like an image but could not be decoded (damaged file?): {error}") from None
-    return PIL.ImageOps.exif_transpose(image)
+    return image
+
+
+def load_image_file(path: str | os.PathLike, max_pixels: int | None = None) -> PIL.Image.Image:
+    """An image file decoded as stored (`to_rgb_image` turns it upright and RGB), or `FileNotFoundError` /
+    `ValueError` saying which way it failed (see `_decode`)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No file at {path!r}.")
+    return _decode(path, f"'{os.path.basename(path)}'", max_pixels)
 
 
 def load_image_url(url: str) -> PIL.Image.Image:
-    """An image from a URL, fetched as transformers' image utilities do; refused, clearly, when offline."""
+    """An image from a URL, decoded as stored; refused, clearly, when offline. Fetched here rather than with
+    transformers' `load_image`, which converts to RGB itself (16-bit clipped, alpha dropped without a word)."""
+    import httpx
     from huggingface_hub.constants import is_offline_mode
-    from transformers.image_utils import load_image
 
     if is_offline_mode():
         raise ValueError(f"{url!r} is a URL, and URLs are not fetched offline (HF_HUB_OFFLINE is set); download the "
                          "image and pass its path.")
     try:
-        return load_image(url)
-    except Exception as error:  # network and decoding errors of many types
+        response = httpx.get(url, timeout=30, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPError as error:
         raise ValueError(f"Could not fetch an image from {url!r}: {error}") from error
+    return _decode(io.BytesIO(response.content), repr(url), None)
 
 
-#: How far a float image may stray outside [0, 1] (rounding in a resize, say) before it is refused: half a level.
-FLOAT_TOLERANCE = 0.5 / 255
-
-
-def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
-    """(H, W), (H, W, C) or (C, H, W) with C in {1, 3, 4} -> PIL. uint8 and bool arrays are taken as they are; other
-    integers must be in [0, 255]; floats must be finite and in [0, 1] (diffusers' convention). Anything else is
+def _eight_bit(array: np.ndarray) -> np.ndarray:
+    """A numeric image array -> uint8, by what its dtype means: uint8 and bool as they are, uint16 scaled by
+    255 / 65535, other integers in [0, 255], floats finite and in [0, 1] (diffusers' convention). Anything else is
     refused with what came and how to convert it: a float image in [0, 255] or [-1, 1] is a common slip that would
     otherwise come back white or clipped."""
-    if array.size == 0:
-        raise ValueError(f"The image array is empty (shape {tuple(array.shape)}).")
-    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 3, 4):
-        array = np.moveaxis(array, 0, -1)  # channels first -> last
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
-        raise ValueError(
-            f"Expected an image array of shape (H, W), (H, W, 1|3|4) or (1|3|4, H, W), got {tuple(array.shape)}."
-        )
+    if array.dtype == np.uint8:
+        return array
     if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind == "u" and array.dtype.itemsize == 2:
+        return ((array.astype(np.uint32) + 128) // 257).astype(np.uint8)  # round(v * 255 / 65535)
+    if np.issubdtype(array.dtype, np.floating):
         bad = int((~np.isfinite(array)).sum())
         if bad:
             raise ValueError(f"The image holds {bad} NaN or infinite value(s); expected finite floats in [0, 1].")
         low, high = float(array.min()), float(array.max())
         if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
             raise ValueError(f"Float images must be in [0, 1], got values in [{low:g}, {high:g}]: divide [0, 255] "
-                             "values by 255, map [-1, 1] values with (x + 1) / 2, or pass uint8.")
-        array = (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    elif array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.integer):
-            raise ValueError(f"Expected an image array of uint8, other integers in [0, 255], bool or floats in "
-                             f"[0, 1], got dtype {array.dtype}.")
+                             "values by 255, 16-bit values by 65535, map [-1, 1] values with (x + 1) / 2, or pass "
+                             "uint8.")
+        return (np.clip(array, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"Expected an image array of uint8, uint16, other integers in [0, 255], bool or floats in "
+                         f"[0, 1], got dtype {array.dtype}.")
+    low, high = int(array.min()), int(array.max())
+    if low < 0 or high > 255:
+        raise ValueError(f"Integer images other than uint16 must be in [0, 255], got values in [{low}, {high}]; pass "
+                         "16-bit images as uint16.")
+    return array.astype(np.uint8)
+
+
+def _array_to_pil(array: np.ndarray) -> PIL.Image.Image:
+    """(H, W), (H, W, 1|2|3|4) or (1|3|4, H, W) -> an 8-bit PIL image (L, LA, RGB or RGBA; see `_eight_bit`)."""
+    if array.size == 0:
+        raise ValueError(f"The image array is empty (shape {tuple(array.shape)}).")
+    if array.ndim == 3 and array.shape[0] in (1, 3, 4) and array.shape[-1] not in (1, 2, 3, 4):
+        array = np.moveaxis(array, 0, -1)  # channels first -> last
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (2, 3, 4)):
+        raise ValueError(
+            f"Expected an image array of shape (H, W), (H, W, 1|2|3|4) or (1|3|4, H, W), got {tuple(array.shape)}."
+        )
+    return PIL.Image.fromarray(_eight_bit(array))
+
+
+def _high_depth_to_eight_bit(image: PIL.Image.Image) -> PIL.Image.Image:
+    """A 16-bit, 32-bit integer or float PIL image -> L, by `_eight_bit`'s rules (PIL's own convert would clip every
+    value above 255 to white). PIL holds some 16-bit files as 32-bit `I`, so `I` is read as 16-bit."""
+    array = np.asarray(image)
+    if image.mode == "I":
         low, high = int(array.min()), int(array.max())
-        if low < 0 or high > 255:
-            raise ValueError(f"Integer images must be in [0, 255], got values in [{low}, {high}]; bring 16-bit "
-                             "images to 8 bits first (e.g. x // 257), or pass them as PIL images.")
-        array = array.astype(np.uint8)
-    return PIL.Image.fromarray(array)
+        if low < 0 or high > 65535:
+            raise ValueError(f"A 32-bit integer ({image.mode}) image must hold 16-bit values in [0, 65535], got "
+                             f"values in [{low}, {high}]; scale it to 16 or 8 bits first.")
+        array = array.astype(np.uint16)
+    return PIL.Image.fromarray(_eight_bit(array))
+
+
+def _composite_onto_white(image: PIL.Image.Image) -> PIL.Image.Image:
+    """An image with alpha -> RGB: transparent pixels onto white, with `TRANSPARENCY_WARNING`; opaque ones as they
+    are."""
+    rgba = image.convert("RGBA")
+    if rgba.getchannel("A").getextrema()[0] == 255:
+        return rgba.convert("RGB")  # fully opaque: dropping alpha loses nothing
+    warnings.warn(TRANSPARENCY_WARNING, UserWarning, stacklevel=3)
+    return PIL.Image.alpha_composite(PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+
+
+def exif_orientation(image: PIL.Image.Image) -> int:
+    """The EXIF orientation of a PIL image (1 = upright as stored, also when it has no EXIF)."""
+    return image.getexif().get(EXIF_ORIENTATION, 1)
+
+
+def upright(image: PIL.Image.Image) -> PIL.Image.Image:
+    """`image` turned as its EXIF orientation says, or itself (not a copy, as `exif_transpose` would make) when it
+    is upright already."""
+    return image if exif_orientation(image) == 1 else PIL.ImageOps.exif_transpose(image)
+
+
+def open_image(image: Any) -> PIL.Image.Image:
+    """A path, URL, PIL image, numpy array or torch tensor -> a PIL image in its own mode, as stored."""
+    if isinstance(image, str) and image.startswith(("http://", "https://")):
+        return load_image_url(image)
+    if isinstance(image, (str, os.PathLike)):
+        return load_image_file(image)
+    if isinstance(image, torch.Tensor):
+        return _array_to_pil(image.detach().cpu().numpy())
+    if isinstance(image, np.ndarray):
+        return _array_to_pil(image)
+    if isinstance(image, PIL.Image.Image):
+        return image
+    raise TypeError(f"Unsupported image type {type(image).__name__}; expected a path, a PIL image, a numpy array or a "
+                    "tensor.")
 
 
 def to_rgb_image(image: Any) -> PIL.Image.Image:
-    """A path, PIL image, numpy array or torch tensor -> an RGB PIL image.
-
-    Transparent pixels (RGBA, LA, palette with transparency) are composited onto white; grayscale is replicated.
-    """
-    if isinstance(image, str) and image.startswith(("http://", "https://")):
-        image = load_image_url(image)
-    elif isinstance(image, (str, os.PathLike)):
-        image = load_image_file(image)
-    elif isinstance(image, torch.Tensor):
-        image = _array_to_pil(image.detach().cpu().numpy())
-    elif isinstance(image, np.ndarray):
-        image = _array_to_pil(image)
-    elif not isinstance(image, PIL.Image.Image):
-        raise TypeError(
-            f"Unsupported image type {type(image).__name__}; expected a path, a PIL image, a numpy array or a tensor."
-        )
-    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        # 16-bit / float scans: stretch their own range to 8 bits (PIL's convert would clip at 255).
-        array = np.asarray(image, dtype=np.float64)
-        low, high = float(array.min()), float(array.max())
-        array = (array - low) / (high - low) * 255.0 if high > low else np.zeros_like(array)
-        image = PIL.Image.fromarray(array.round().astype(np.uint8))
+    """A path, URL, PIL image, numpy array or torch tensor -> an upright RGB PIL image, read by the rules in this
+    module's docstring. An upright RGB PIL image comes back as itself, not a copy."""
+    image = upright(open_image(image))
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _high_depth_to_eight_bit(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "RGBa"):
-        rgba = image.convert("RGBA")
-        background = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(background, rgba)
-    return image.convert("RGB") if image.mode != "RGB" else image
+    if image.mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        return _composite_onto_white(image)
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def cover_and_crop(in_height: int, in_width: int, out_height: int, out_width: int) -> tuple[int, int, int, int]:
@@ -234,15 +297,19 @@ class LMDImageProcessor(PilBackend):
         return BatchFeature(data={"pixel_values": processed}, tensor_type=return_tensors)
 
     def mask_array(self, mask: Any, image_size: tuple[int, int]) -> np.ndarray:
-        """A user's mask over an image's pixels -> boolean `(H, W)`, True = to fill in.
+        """A user's mask over an image's pixels -> boolean `(H, W)`, True = to fill in (a boolean array comes back
+        as itself).
 
         Args:
-            mask: a boolean or 0 / 1 array `(H, W)` (0 / 255 in uint8), or a PIL image (non-black = masked), the
-                same size as the image.
-            image_size: `(H, W)` of the image.
+            mask: a boolean or 0 / 1 array or tensor `(H, W)` (0 / 255 in uint8) over the upright image, or a mask
+                image (a PIL image or a file path; non-black = masked), turned upright by its EXIF orientation as
+                the image is.
+            image_size: `(H, W)` of the upright image.
         """
+        if isinstance(mask, (str, os.PathLike)):
+            mask = load_image_file(mask)
         if isinstance(mask, PIL.Image.Image):
-            mask = np.array(mask.convert("L")) > 0  # a mask image: white (any non-black) = fill in
+            mask = np.array(upright(mask).convert("L")) > 0  # a mask image: white (any non-black) = fill in
         elif isinstance(mask, torch.Tensor):
             mask = mask.detach().cpu().numpy()
         mask = np.asarray(mask)
@@ -258,11 +325,15 @@ class LMDImageProcessor(PilBackend):
                 raise ValueError(f"Expected a mask of booleans or 0 / 1 (or 0 / 255 in uint8), got values {shown}"
                                  f"{', ...' if len(values) > 5 else ''}; threshold it first, e.g. mask > 0.5.")
         if tuple(mask.shape) != tuple(image_size):
+            turned = tuple(mask.shape) == tuple(image_size)[::-1]
             raise ValueError(
                 f"The mask is {mask.shape[0]}x{mask.shape[1]} (height x width) but the image is "
                 f"{image_size[0]}x{image_size[1]}; they must match."
+                + (" Images are read upright (their EXIF orientation applied): a mask drawn on a photo as stored "
+                   "must be drawn on PIL.ImageOps.exif_transpose(photo) instead, or passed as a mask image with "
+                   "the photo's EXIF." if turned else "")
             )
-        return mask != 0
+        return mask if mask.dtype == bool else mask != 0
 
     def preprocess_mask(self, mask: Any, image_size: tuple[int, int], do_center_crop: bool | None = None) -> np.ndarray:
         """A mask over an input image's pixels (see `mask_array`) -> a boolean `(height, width)` mask over the
@@ -342,4 +413,5 @@ class LMDImageProcessor(PilBackend):
         return PIL.Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
 
 
-__all__ = ["LMDImageProcessor", "cover_and_crop", "load_image_file", "to_rgb_image"]
+__all__ = ["LMDImageProcessor", "cover_and_crop", "exif_orientation", "load_image_file", "open_image", "to_rgb_image",
+           "upright"]
