@@ -1,4 +1,6 @@
 """Image processor for LMD: any image -> RGB, resized to cover and centre-cropped, pixels in [-1, 1]; and back to PIL.
+It also holds what inpainting at a photo's own size needs: the square the model sees around a mask
+(`mask_crop_box`) and the fill pasted back inside the mask only (`paste_fill`).
 
 Reading images (`to_rgb_image`, the one reader of the pipeline, the app and training), by what their values mean:
 
@@ -21,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import PIL.Image
+import PIL.ImageChops
 import PIL.ImageOps
 import torch
+from diffusers.image_processor import VaeImageProcessor
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
@@ -194,6 +198,25 @@ def to_rgb_image(image: Any) -> PIL.Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+OUTPUT_TYPES = ("pil", "np", "pt")
+#: `paste_fill` works on strips of about this many pixels (a megapixel: 3 MB of fill, 1 MB of weights).
+PASTE_STRIP_PIXELS = 2**20
+
+
+def check_output_type(output_type: str) -> None:
+    """Refuse an `output_type` other than diffusers' "pil", "np" and "pt", before any compute."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+
+
+def bounding_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """`(left, top, right, bottom)` of the True pixels of a boolean `(H, W)` mask, or None when there are none."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def cover_and_crop(in_height: int, in_width: int, out_height: int, out_width: int) -> tuple[int, int, int, int]:
     """Geometry of "resize to cover, then centre-crop": the resized (height, width) and the crop's (top, left)."""
     scale = max(out_height / in_height, out_width / in_width)
@@ -342,7 +365,7 @@ class LMDImageProcessor(PilBackend):
         Applies the same resize / crop as the image. A processed pixel counts as masked if any input pixel
         under it was masked (nothing the user marked is lost by the resize).
         """
-        coverage = PIL.Image.fromarray(self.mask_array(mask, image_size).astype(np.float32), mode="F")
+        coverage = PIL.Image.fromarray(self.mask_array(mask, image_size)).convert("F")  # via "1": no float array
         do_center_crop = self.do_center_crop if do_center_crop is None else do_center_crop
         out_height, out_width = self.size["height"], self.size["width"]
         if do_center_crop:
@@ -361,36 +384,71 @@ class LMDImageProcessor(PilBackend):
         return left, top, left + side, top + side
 
     def mask_crop_box(self, mask: np.ndarray, padding: int | None = None) -> tuple[int, int, int, int]:
-        """`(left, top, right, bottom)` of the square region of an image that the model sees to fill `mask`
-        (boolean `(H, W)`), what diffusers calls `padding_mask_crop`: the mask's bounding box with `padding` pixels
-        of context on every side (default: half its longer side, so the hole spans at most half the crop), never
-        smaller than the model's input (the photo is not enlarged) and moved inside the image. Where the square does
-        not fit in the image (a mask as wide as a panorama), it is cut to the image and the model sees it stretched.
-        A mask with nothing in it gives `center_square_box`."""
+        """`(left, top, right, bottom)` of the region of an image that the model sees to fill `mask` (boolean
+        `(H, W)`), what diffusers calls `padding_mask_crop`: `VaeImageProcessor.get_crop_region` with `padding`
+        pixels of context (default: half the mask's longer side, so the hole spans at most half the crop), so it
+        holds the whole mask and has the model's aspect ratio (square) wherever that fits in the image (a mask as wide
+        as a panorama gets the image's full height, which the model sees stretched). The padding grows where the
+        crop would otherwise be smaller than the model's input, which would see the photo enlarged. A mask with
+        nothing in it gives `center_square_box`."""
+        box = bounding_box(mask)
+        if box is None:
+            return self.center_square_box(*mask.shape)
+        extent = max(box[2] - box[0], box[3] - box[1])
+        padding = extent // 2 if padding is None else padding
+        padding = max(padding, -(-(max(self.size["height"], self.size["width"]) - extent) // 2))
+        crop = VaeImageProcessor.get_crop_region(PIL.Image.fromarray(mask), self.size["width"], self.size["height"],
+                                                 pad=padding)
+        return tuple(int(side) for side in crop)
+
+    @staticmethod
+    def blend_weights(mask: np.ndarray, box: tuple[int, int, int, int], blend_width: int) -> PIL.Image.Image:
+        """How much of the model's fill each pixel of `box` takes, as an L image (255 = all of it): `mask` (boolean
+        over the photo) blurred by `VaeImageProcessor.blur` with sigma `blend_width / 3` (PIL's blur then reaches
+        `blend_width` pixels) and cut back to the mask, so the fill fades in over the mask's outer `blend_width`
+        pixels and no pixel outside the mask takes any. The blur sees `blend_width` pixels around the box, so it
+        fades towards the mask's true border, not the box's, and not towards the photo's edge."""
+        left, top, right, bottom = box
+        if blend_width == 0:
+            return PIL.Image.fromarray(mask[top:bottom, left:right]).convert("L")
         height, width = mask.shape
-        rows, cols = np.nonzero(mask)
-        if rows.size == 0:
-            return self.center_square_box(height, width)
-        top, bottom, left, right = int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1
-        extent = max(bottom - top, right - left)
-        padding = extent // 2 if padding is None else int(padding)
-        side = max(extent + 2 * padding, self.size["height"], self.size["width"])
+        outer_left, outer_top = max(left - blend_width, 0), max(top - blend_width, 0)
+        window = mask[outer_top : min(bottom + blend_width, height), outer_left : min(right + blend_width, width)]
+        window = PIL.Image.fromarray(window).convert("L")
+        weights = PIL.ImageChops.darker(VaeImageProcessor.blur(window, blend_width / 3), window)
+        return weights.crop((left - outer_left, top - outer_top, right - outer_left, bottom - outer_top))
 
-        def span(low: int, high: int, limit: int) -> tuple[int, int]:
-            if side >= limit:
-                return 0, limit
-            start = min(max((low + high - side) // 2, 0), limit - side)
-            return start, start + side
-
-        (left, right), (top, bottom) = span(left, right, width), span(top, bottom, height)
-        return left, top, right, bottom
+    def paste_fill(self, photo: PIL.Image.Image, fill: PIL.Image.Image, crop_box: tuple[int, int, int, int],
+                   mask: np.ndarray, blend_width: int, copy: bool = True) -> PIL.Image.Image:
+        """`photo` (a copy, or itself with `copy=False`) with the model's `fill` (its output for the region
+        `crop_box`, which holds all of `mask`) inside `mask` (boolean over the photo), faded in over the mask's outer
+        `blend_width` pixels (`blend_weights`). That is diffusers' `apply_overlay` composite, the photo where the mask
+        is 0 and the fill where it is 1, so outside the mask the result is the photo bit for bit. Done here on the
+        mask's bounding box only, in strips of `PASTE_STRIP_PIXELS`, so that past the copy of the photo the time
+        grows with the mask's box and the memory with a strip (`apply_overlay` converts the whole photo to RGBA
+        several times)."""
+        left, top, right, bottom = crop_box
+        result = photo.copy() if copy else photo
+        inside = bounding_box(mask[top:bottom, left:right])
+        if inside is None:
+            return result
+        box_left, box_top, box_right, box_bottom = left + inside[0], top + inside[1], left + inside[2], top + inside[3]
+        scale_x, scale_y = fill.width / (right - left), fill.height / (bottom - top)
+        rows = max(1, PASTE_STRIP_PIXELS // (box_right - box_left))
+        for strip_top in range(box_top, box_bottom, rows):
+            strip = (box_left, strip_top, box_right, min(strip_top + rows, box_bottom))
+            # The fill resized to the crop and cut to the strip in one step: `box=` reads its source pixels only.
+            source = ((strip[0] - left) * scale_x, (strip[1] - top) * scale_y,
+                      (strip[2] - left) * scale_x, (strip[3] - top) * scale_y)
+            patch = fill.resize((strip[2] - strip[0], strip[3] - strip[1]), PIL.Image.Resampling.BICUBIC, box=source)
+            result.paste(patch, strip[:2], self.blend_weights(mask, strip, blend_width))
+        return result
 
     def postprocess(self, pixel_values: torch.Tensor | np.ndarray, output_type: str = "pil"):
         """Images in [-1, 1], `(B, 3, H, W)` or `(3, H, W)` -> what diffusers pipelines return for `output_type`:
         `"pil"`: a list of RGB PIL images; `"np"`: float32 `(B, H, W, 3)` in [0, 1]; `"pt"`: `(B, 3, H, W)` in
         [0, 1]."""
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        check_output_type(output_type)
         if isinstance(pixel_values, torch.Tensor):
             pixel_values = pixel_values.detach().float().cpu().numpy()
         pixel_values = np.asarray(pixel_values)
@@ -406,12 +464,23 @@ class LMDImageProcessor(PilBackend):
         pixels = (unit * 255.0).round().astype(np.uint8)
         return [PIL.Image.fromarray(np.moveaxis(image, 0, -1)) for image in pixels]
 
+    @staticmethod
+    def photo_output(image: PIL.Image.Image, output_type: str = "pil"):
+        """An RGB PIL image -> `output_type`, as `postprocess` gives one image: itself, float32 `(H, W, 3)` in
+        [0, 1], or a `(3, H, W)` tensor of those. One float allocation, where diffusers' `pil_to_numpy` makes three
+        float copies of the photo."""
+        check_output_type(output_type)
+        if output_type == "pil":
+            return image
+        unit = np.divide(np.asarray(image), 255, dtype=np.float32)
+        return unit if output_type == "np" else torch.from_numpy(unit).permute(2, 0, 1)
+
     def mask_to_pil(self, mask: np.ndarray | torch.Tensor) -> PIL.Image.Image:
         """A boolean `(H, W)` mask -> a black-and-white PIL image (white = masked)."""
         if isinstance(mask, torch.Tensor):
             mask = mask.detach().cpu().numpy()
-        return PIL.Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255, mode="L")
+        return PIL.Image.fromarray(np.asarray(mask, dtype=bool)).convert("L")
 
 
-__all__ = ["LMDImageProcessor", "cover_and_crop", "exif_orientation", "load_image_file", "open_image", "to_rgb_image",
-           "upright"]
+__all__ = ["OUTPUT_TYPES", "LMDImageProcessor", "bounding_box", "check_output_type", "cover_and_crop",
+           "exif_orientation", "load_image_file", "open_image", "to_rgb_image", "upright"]

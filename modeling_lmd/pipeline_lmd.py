@@ -2,42 +2,104 @@
 pre-training model.
 
 Shipped as remote code next to every checkpoint it saves (`pipe.save_pretrained(folder)` adds config.json's
-`custom_pipelines` entry), so it imports only numpy, torch, transformers and its sibling modules. The reconstruction
-itself is `reconstruction_lmd.reconstruct`; this file turns user inputs into its arguments and its outputs into
-images.
+`custom_pipelines` entry), so it imports only numpy, PIL, torch, transformers and its sibling modules. The
+reconstruction itself is `reconstruction_lmd.reconstruct`; this file turns user inputs into its arguments and its
+outputs into images.
 """
 
+import numbers
+import os
+import warnings
 from typing import Any
 
 import numpy as np
+import PIL.Image
 import torch
 from transformers import Pipeline
 
-from .image_processing_lmd import LMDImageProcessor, to_rgb_image
+from .configuration_lmd import REVEAL_ORDERS, check_choice
+from .image_processing_lmd import LMDImageProcessor, check_output_type, exif_orientation, open_image, to_rgb_image
 from .mask_schedulers import check_mask_ratio
-from .reconstruction_lmd import colour_correct, paste_into_photo, reconstruct
+from .reconstruction_lmd import colour_correct, reconstruct
 
 
 TASK = "lmd-reconstruction"
+#: Photo pixels, inside the mask, over which the model's fill fades into the photo (`blend_width`).
+DEFAULT_BLEND_WIDTH = 4
+SEED_BITS = 64  # what `torch.Generator.manual_seed` takes
+
+
+def whole_number(name: str, value: Any, minimum: int) -> int:
+    """`value` as an int, or a `ValueError` saying what came: bools, floats (even 2.0) and strings are refused, so
+    that 1.9 is never silently read as 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"`{name}` must be an int >= {minimum}, got {type(value).__name__} {value!r}.")
+    return int(value)
+
+
+def fold_seed(seed: Any) -> int:
+    """A seed as diffusers users pass one: any int >= 0 (numpy ints too). Seeds of 2**64 and above are folded into
+    64 bits by XOR of their 64-bit words, so `time.time_ns()` or a hash works and every bit counts."""
+    seed, folded = whole_number("seed", seed, 0), 0
+    while seed:
+        folded ^= seed & (2**SEED_BITS - 1)
+        seed >>= SEED_BITS
+    return folded
+
+
+def image_generator(seed: int | None, generator, index: int) -> torch.Generator:
+    """Image `index` of a call's own random stream (its mask, then its reveal order), so that neither the batch
+    size nor the other images change what it draws: `generator[index]` for one generator per image; from `seed`,
+    `torch.Generator().manual_seed(seed + index)` (diffusers' idiom for a batch); from one `generator`, a seed drawn
+    from it in image order; else a seed from torch's global RNG."""
+    if isinstance(generator, (list, tuple)):
+        return generator[index]
+    if seed is None:
+        source = {} if generator is None else {"generator": generator, "device": generator.device}
+        seed, index = int(torch.randint(0, 2**63 - 1, (), **source)), 0
+    return torch.Generator().manual_seed((seed + index) % 2**SEED_BITS)
+
+
+def no_context_message(crop_box: tuple[int, int, int, int], image_size: tuple[int, int], padding: int | None) -> str:
+    """Why a mask that covers every latent patch of the crop cannot be filled, and what to change."""
+    left, top, right, bottom = crop_box
+    seen = f"the {right - left}x{bottom - top} region {crop_box}"
+    if (right - left, bottom - top) == (image_size[1], image_size[0]):
+        return (f"The mask touches every latent patch of the region the model sees ({seen}: the whole photo), so "
+                "nothing is left to fill it from; leave more of the photo unmasked.")
+    given = "the default padding_mask_crop" if padding is None else f"padding_mask_crop={padding}"
+    return (f"With {given} the mask touches every latent patch of the region the model sees ({seen}), so nothing "
+            "is left to fill it from; pass a larger padding_mask_crop (pixels of context around the mask), or leave "
+            "it unset (half the mask's extent).")
 
 
 class LMDReconstructionPipeline(Pipeline):
     r"""
     Hides part of each photo and lets an LMD model fill it in; returns the photo at its own size.
 
-    The model sees a square region of the photo at its own resolution (`config.image_size`): with `mask`
-    (inpainting), a square around the masked area with `padding_mask_crop` pixels of context (default: half the
-    mask's extent; see `LMDImageProcessor.mask_crop_box`); without, the photo's centred square, where a random
-    `mask_ratio` of latent patches is hidden. Either way the hidden pixels are painted over before the VAE sees them
-    (nothing under the mask reaches the output), and the model's fill is resized back and pasted into the photo:
-    outside the filled region the result is the photo's own pixels, blended over a narrow band at the border.
+    The model sees a region of the photo at its own resolution (`config.image_size`): with `mask` (inpainting), a
+    square around the whole mask with `padding_mask_crop` pixels of context (diffusers' `get_crop_region`; default
+    half the mask's extent; see `LMDImageProcessor.mask_crop_box`); without, the photo's centred square, where a
+    random `mask_ratio` of latent patches is hidden. Either way the hidden pixels are painted over before the VAE
+    sees them, and the model's fill is pasted back into the photo inside the mask only (diffusers'
+    `apply_overlay`): outside the mask, the user's or the hidden patches, the result is the photo bit for bit.
 
-    Inputs: a path, PIL image, numpy array or tensor, a `{"image": ..., "mask": ...}` dict, or a list of those.
-    Options: `mask` (a boolean array or PIL image over the photo's pixels; for a list of photos, one mask for all or a
-    list of one per photo), `mask_ratio`, `seed` (image `i` of a
-    call draws its mask and reveal order from `(seed, i)`, so batching changes nothing) or `generator` (a
-    `torch.Generator`, as in diffusers), `padding_mask_crop`, `num_inference_steps` (progressive un-masking),
-    `reveal_order`, `output_type` (`"pil"`, `"np"` float in [0, 1] `(H, W, 3)`, `"pt"` `(3, H, W)`).
+    Images are read by `image_processing_lmd.to_rgb_image`: upright by their EXIF orientation (paths, PIL images
+    and mask images alike), 16-bit scaled by 255 / 65535, floats in [0, 1], transparency onto white with a warning.
+
+    Inputs: a path, PIL image, numpy array or tensor, a `{"image": ..., "mask": ...}` dict, or a list of those
+    (diffusers' names work too: `image=`, `mask_image=`). Options, all checked before any compute:
+
+    - `mask`: a boolean array, PIL image or file over the photo's pixels; for a list of photos, one for all or a
+      list of one per photo.
+    - `mask_ratio`: the share of latent patches to hide at random (default `config.mask_ratio`).
+    - `seed` (any int >= 0; image `i` of a call draws from `torch.Generator().manual_seed(seed + i)`, seeds of
+      2**64 and above folded into 64 bits) or `generator` (a `torch.Generator`, from which each image draws a seed
+      of its own, or a list of one per image).
+    - `padding_mask_crop` (int >= 0), `blend_width` (int >= 0, default 4: photo pixels inside the mask's border over
+      which the fill fades in; 0 pastes it hard, and then no input pixel under the mask reaches the output).
+    - `num_inference_steps` (progressive un-masking), `reveal_order`, `output_type` (`"pil"`, `"np"` float in
+      [0, 1] `(H, W, 3)`, `"pt"` `(3, H, W)`).
 
     Returns, per image, a dict:
 
@@ -56,8 +118,7 @@ class LMDReconstructionPipeline(Pipeline):
     >>> pipe = pipeline("lmd-reconstruction", model="path/to/lmd-checkpoint", trust_remote_code=True)
     >>> out = pipe("photo.png", mask_ratio=0.5, seed=0)
     >>> out["reconstruction"].save("reconstruction.png")
-    >>> hole = np.zeros((photo_height, photo_width), dtype=bool); hole[40:90, 60:120] = True
-    >>> pipe("photo.png", mask=hole)["reconstruction"]  # inpainting, at the photo's size
+    >>> pipe(image="photo.png", mask_image="mask.png")["reconstruction"]  # inpainting, at the photo's size
     ```
     """
 
@@ -72,7 +133,13 @@ class LMDReconstructionPipeline(Pipeline):
         if self.image_processor is None:
             self.image_processor = LMDImageProcessor.from_model_config(self.model.config)
 
-    def __call__(self, inputs, **kwargs):
+    def __call__(self, inputs=None, **kwargs):
+        inputs = self._take_diffusers_names(inputs, kwargs)
+        count = len(inputs) if isinstance(inputs, (list, tuple)) else 1
+        generator = kwargs.get("generator")
+        if isinstance(generator, (list, tuple)) and len(generator) != count:
+            raise ValueError(f"Got {len(generator)} generators for {count} image(s); pass one per image, or one "
+                             "torch.Generator for all.")
         if isinstance(inputs, (list, tuple)):
             masks = kwargs.get("mask")
             if isinstance(masks, (list, tuple)):  # one mask per image, as diffusers' pipelines take a list
@@ -80,9 +147,24 @@ class LMDReconstructionPipeline(Pipeline):
                     raise ValueError(f"Got {len(masks)} masks for {len(inputs)} images; pass one mask per image.")
                 del kwargs["mask"]
                 inputs = [{**self._as_dict(item), "mask": mask} for item, mask in zip(inputs, masks)]
-            # Number the images of this call, so that each one's random mask depends on (seed, index) only.
+            # Number the images of this call: each one's random stream depends on its index only.
             inputs = [{**self._as_dict(item), "index": index} for index, item in enumerate(inputs)]
         return super().__call__(inputs, **kwargs)
+
+    @staticmethod
+    def _take_diffusers_names(inputs, kwargs: dict):
+        """diffusers' call names as aliases: `image=` for the inputs, `mask_image=` for `mask` (`kwargs` edited)."""
+        if "image" in kwargs:
+            if inputs is not None:
+                raise TypeError("Pass the image(s) once: as the first argument or as `image=`, not both.")
+            inputs = kwargs.pop("image")
+        if "mask_image" in kwargs:
+            if "mask" in kwargs:
+                raise TypeError("Pass `mask` or its diffusers name `mask_image`, not both.")
+            kwargs["mask"] = kwargs.pop("mask_image")
+        if inputs is None:
+            raise TypeError("No image given: pass a path, PIL image, array or tensor (or a list), or `image=`.")
+        return inputs
 
     @staticmethod
     def _as_dict(item: Any) -> dict:
@@ -93,7 +175,8 @@ class LMDReconstructionPipeline(Pipeline):
         return {"image": item}
 
     def _sanitize_parameters(self, mask_ratio=None, seed=None, generator=None, mask=None, padding_mask_crop=None,
-                             num_inference_steps=None, reveal_order=None, output_type=None, **kwargs):
+                             blend_width=None, num_inference_steps=None, reveal_order=None, output_type=None,
+                             **kwargs):
         if kwargs:
             raise TypeError(f"Unexpected arguments for {TASK}: {', '.join(sorted(kwargs))}.")
         if mask_ratio is not None:
@@ -102,80 +185,102 @@ class LMDReconstructionPipeline(Pipeline):
             raise ValueError("Pass either `mask` (inpainting) or `mask_ratio` (random masking), not both.")
         if seed is not None and generator is not None:
             raise ValueError("Pass either `seed` or `generator`, not both.")
-        preprocess_params = {"mask": mask, "seed": seed, "padding_mask_crop": padding_mask_crop}
-        forward_params = {"mask_ratio": mask_ratio, "generator": generator,
-                          "num_inference_steps": num_inference_steps, "reveal_order": reveal_order}
-        postprocess_params = {"output_type": output_type}
+        seed = None if seed is None else fold_seed(seed)
+        generators = generator if isinstance(generator, (list, tuple)) else [generator]
+        if generator is not None and not all(isinstance(item, torch.Generator) for item in generators):
+            raise ValueError(f"`generator` must be a torch.Generator or a list of one per image, got {generator!r}.")
+        for name, value, minimum in (("padding_mask_crop", padding_mask_crop, 0), ("blend_width", blend_width, 0),
+                                     ("num_inference_steps", num_inference_steps, 1)):
+            if value is not None:
+                whole_number(name, value, minimum)
+        if reveal_order is not None:
+            check_choice("reveal_order", reveal_order, REVEAL_ORDERS)
+        if output_type is not None:
+            check_output_type(output_type)
+        preprocess_params = {"mask": mask, "seed": seed, "generator": generator, "padding_mask_crop": padding_mask_crop}
+        forward_params = {"mask_ratio": mask_ratio, "num_inference_steps": num_inference_steps,
+                          "reveal_order": reveal_order}
+        postprocess_params = {"output_type": output_type, "blend_width": blend_width}
         return tuple({k: v for k, v in params.items() if v is not None}
                      for params in (preprocess_params, forward_params, postprocess_params))
 
-    def preprocess(self, inputs: Any, mask: Any = None, seed: int | None = None,
+    def preprocess(self, inputs: Any, mask: Any = None, seed: int | None = None, generator=None,
                    padding_mask_crop: int | None = None) -> dict[str, Any]:
         item = self._as_dict(inputs)
         mask = item.get("mask", mask)
-        image = to_rgb_image(item["image"])
-        processor = self.image_processor
+        source = open_image(item["image"])
+        image = to_rgb_image(source)
+        processor, side = self.image_processor, self.model.config.image_size
         photo_mask = None if mask is None else processor.mask_array(mask, (image.height, image.width))
+        if photo_mask is not None and exif_orientation(source) != 1 and not isinstance(mask, (PIL.Image.Image, str,
+                                                                                              os.PathLike)):
+            warnings.warn("The photo was turned upright by its EXIF orientation, and the mask array is taken over "
+                          "the upright photo; a mask drawn on the photo as stored lands elsewhere (draw it on "
+                          "PIL.ImageOps.exif_transpose(photo)).", UserWarning, stacklevel=2)
         box = (processor.center_square_box(image.height, image.width) if photo_mask is None
                else processor.mask_crop_box(photo_mask, padding_mask_crop))
-        crop = image.crop(box)
-        dtype = self.dtype or torch.float32
-        # Image `index` of a seeded call draws its mask (and reveal order) from `seed * 1_000_003 + index` only.
-        image_seed = int(torch.randint(0, 2**62, ())) if seed is None else int(seed) * 1_000_003 + item.get("index", 0)
+        # Resized straight from the photo (`box=`), so the crop is never copied at the photo's resolution.
+        view = image.resize((side, side), PIL.Image.Resampling.BICUBIC, box=box)
         # The photo, its crop box and its mask travel as PIL images and tuples: batching leaves those untouched.
         model_inputs = {
-            "pixel_values": processor(crop, do_center_crop=False, return_tensors="pt")["pixel_values"].to(dtype),
-            "seed": torch.tensor([image_seed]),
+            "pixel_values": processor(view, do_resize=False, return_tensors="pt")["pixel_values"].to(
+                self.dtype or torch.float32),
+            "generator": image_generator(seed, generator, item.get("index", 0)),
             "photo": image,
+            "owns_photo": image is not item["image"],  # decoded or converted here: pasted into in place
             "box": box,
         }
         if photo_mask is not None:
             left, top, right, bottom = box
             model_mask = processor.preprocess_mask(photo_mask[top:bottom, left:right], (bottom - top, right - left),
                                                    do_center_crop=False)
-            model_inputs["patch_mask"] = self.model.patch_mask(torch.from_numpy(model_mask)[None])
-            model_inputs["photo_mask"] = processor.mask_to_pil(photo_mask)
+            patch_mask = self.model.patch_mask(torch.from_numpy(model_mask)[None])
+            if bool(patch_mask.all()):
+                raise ValueError(no_context_message(box, photo_mask.shape, padding_mask_crop))
+            model_inputs["patch_mask"] = patch_mask
+            model_inputs["photo_mask"] = PIL.Image.fromarray(photo_mask)  # mode "1": as small as the array
         return model_inputs
 
-    def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, generator=None,
-                 num_inference_steps: int = 1, reveal_order: str = "random") -> dict[str, torch.Tensor]:
-        if generator is None:
-            generator = [torch.Generator().manual_seed(int(seed)) for seed in model_inputs["seed"]]
+    def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, num_inference_steps: int = 1,
+                 reveal_order: str = "random") -> dict[str, torch.Tensor]:
+        generators = model_inputs["generator"]  # one per image, a list when batched
         pixel_values = model_inputs["pixel_values"]
         output = reconstruct(self.model, pixel_values, mask_ratio=mask_ratio, patch_mask=model_inputs.get("patch_mask"),
-                             generator=generator, num_inference_steps=num_inference_steps, reveal_order=reveal_order)
+                             generator=generators if isinstance(generators, list) else [generators],
+                             num_inference_steps=num_inference_steps, reveal_order=reveal_order)
         return {**output, "fill": colour_correct(output.decoded, pixel_values.to(output.decoded.dtype),
                                                  output.pixel_mask),
-                **{key: model_inputs[key] for key in ("photo", "box", "photo_mask") if key in model_inputs}}
+                **{key: model_inputs[key] for key in ("photo", "owns_photo", "box", "photo_mask")
+                   if key in model_inputs}}
 
-    def postprocess(self, model_outputs: dict[str, Any], output_type: str = "pil") -> dict[str, Any]:
-        processor, box = self.image_processor, model_outputs["box"]
-        photo = processor(model_outputs["photo"], do_resize=False, return_tensors="pt")["pixel_values"]
+    def postprocess(self, model_outputs: dict[str, Any], output_type: str = "pil",
+                    blend_width: int = DEFAULT_BLEND_WIDTH) -> dict[str, Any]:
+        processor, photo, box = self.image_processor, model_outputs["photo"], model_outputs["box"]
         if "photo_mask" in model_outputs:
-            region = torch.from_numpy(np.array(model_outputs["photo_mask"]) > 0)[None, None].float()
+            region = np.asarray(model_outputs["photo_mask"])
         else:  # the hidden latent patches, mapped from the model's square onto the photo
-            region = torch.zeros_like(photo[:, :1])
             left, top, right, bottom = box
-            region[..., top:bottom, left:right] = torch.nn.functional.interpolate(
-                model_outputs["pixel_mask"].float(), size=(bottom - top, right - left), mode="nearest")
-        # The feathering band, measured at the model's resolution, scaled to the photo's pixels.
-        config = self.model.config
-        radius = round(config.vae_downsampling_factor * (box[2] - box[0]) / config.image_size)
-        reconstruction = paste_into_photo(model_outputs["fill"].float(), photo, box, region, radius)
+            square = PIL.Image.fromarray(model_outputs["pixel_mask"][0, 0].bool().cpu().numpy())
+            region = np.zeros((photo.height, photo.width), dtype=bool)
+            region[top:bottom, left:right] = np.asarray(square.resize((right - left, bottom - top),
+                                                                      PIL.Image.Resampling.NEAREST))
+        fill = processor.postprocess(model_outputs["fill"])[0]
+        reconstruction = processor.paste_fill(photo, fill, box, region, blend_width,
+                                              copy=not model_outputs["owns_photo"])
 
         def image(values: torch.Tensor):
             return processor.postprocess(values, output_type=output_type)[0]
 
         return {
-            "reconstruction": image(reconstruction),
-            "mask": region[0, 0].bool().numpy(),
+            "reconstruction": processor.photo_output(reconstruction, output_type),
+            "mask": region,
             "crop_box": box,
             "model_reconstruction": image(model_outputs["reconstruction"]),
             "model_decoded": image(model_outputs["decoded"]),
             "model_masked_image": image(model_outputs["masked_images"]),
-            "model_mask": model_outputs["pixel_mask"][0, 0].bool().numpy(),
-            "patch_mask": model_outputs["mask"][0].bool().numpy(),
+            "model_mask": model_outputs["pixel_mask"][0, 0].bool().cpu().numpy(),
+            "patch_mask": model_outputs["mask"][0].bool().cpu().numpy(),
         }
 
 
-__all__ = ["LMDReconstructionPipeline", "TASK"]
+__all__ = ["DEFAULT_BLEND_WIDTH", "LMDReconstructionPipeline", "TASK", "fold_seed", "image_generator"]

@@ -12,7 +12,7 @@ The stages, in the order `reconstruct` runs them:
 4. The VAE decodes, and `blend_into_input` keeps the input's own pixels outside the hidden region, fading the
    model's fill in over a narrow band on the visible side, after `colour_correct`.
 
-`paste_into_photo` then puts a fill back into the user's photo at its own size (the pipeline's output).
+The pipeline then pastes the fill into the user's photo at its own size (`LMDImageProcessor.paste_fill`).
 
 Shipped as remote code next to every checkpoint (the pipeline imports it): it imports only torch, transformers and
 the sibling modules.
@@ -222,19 +222,6 @@ def blend_into_input(decoded: torch.Tensor, pixel_values: torch.Tensor, pixel_ma
     return weights * fill + (1.0 - weights) * pixel_values
 
 
-def paste_into_photo(fill: torch.Tensor, photo: torch.Tensor, box: tuple[int, int, int, int], region: torch.Tensor,
-                     radius: int) -> torch.Tensor:
-    """The model's fill back at the photo's own size: `fill` `(1, 3, S, S)` (the model's output for the crop `box`
-    = `(left, top, right, bottom)` of `photo` `(1, 3, H, W)`, both in [-1, 1]) is resized to the box, and
-    `blend_into_input` keeps the photo's own pixels outside `region` `(1, 1, H, W)` (1 = fill in), fading the fill
-    in over `radius` photo pixels on the visible side. Outside the box and the band, the result is the photo."""
-    left, top, right, bottom = box
-    resized = F.interpolate(fill, size=(bottom - top, right - left), mode="bicubic", align_corners=False)
-    canvas = photo.clone()
-    canvas[..., top:bottom, left:right] = resized.clamp(-1, 1).to(photo.dtype)
-    return blend_into_input(canvas, photo, region.to(photo.dtype), radius, colour_correction=False)
-
-
 @torch.no_grad()
 def reconstruct(
     model: LMDForPreTraining,
@@ -308,7 +295,6 @@ __all__ = [
     "dilate",
     "feather_mask",
     "fill_hidden_latents",
-    "paste_into_photo",
     "predict_hidden",
     "reconstruct",
     "remaining_hidden_counts",
