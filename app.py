@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import os
 import sys
 import tempfile
@@ -97,8 +98,9 @@ def prepare_photo(source: Any, max_side: int = MAX_SIDE) -> PIL.Image.Image:
     """Any image (file path, PIL image, numpy array) -> an RGB photo at its own size (shrunk to `max_side` on its
     longer side if larger), or a `PhotoError`.
 
-    16-bit, CMYK, grayscale, palette and transparent images are converted to RGB (transparent areas become white).
-    The brush mask is drawn on this photo, and the result comes back at its size.
+    Read as the pipeline and training read images (`to_rgb_image`): upright by its EXIF orientation, 16-bit scaled
+    by 255 / 65535, floats in [0, 1], CMYK, grayscale and palette converted, transparent areas white. The brush
+    mask is drawn on this photo, and the result comes back at its size.
     """
     if source is None:
         raise PhotoError("No photo yet: pick one of the example photos or upload your own.")
@@ -165,6 +167,16 @@ class Reconstruction:
                 f"({share:.0%}) were hidden and filled in by the model.")
 
 
+def _whole_number(value: Any, name: str) -> int:
+    """`value` as an int, or a `PhotoError`: Gradio's number boxes give whole floats (3.0), and 1.9 is never read
+    as 1."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PhotoError(f"{name} must be a whole number, got {value!r}.")
+    return int(value)
+
+
 def _enlarge(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image.resize((size, size), resample=PIL.Image.Resampling.NEAREST)
 
@@ -192,11 +204,7 @@ def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0
     mode = {MODE_RANDOM: "random", MODE_BRUSH: "brush"}.get(mode, mode)
     if mode not in ("random", "brush"):
         raise PhotoError(f"Unknown mode {mode!r}; use 'random' or 'brush'.")
-    try:
-        steps = int(num_inference_steps)
-        seed = int(seed)
-    except (TypeError, ValueError):
-        raise PhotoError("num_inference_steps and the seed must be whole numbers.") from None
+    steps, seed = _whole_number(num_inference_steps, "num_inference_steps"), _whole_number(seed, "The seed")
     if not 1 <= steps <= 8:
         raise PhotoError(f"num_inference_steps must be between 1 and 8, got {steps}.")
     if seed < 0:
@@ -325,6 +333,37 @@ def photo_from_upload(path: str | os.PathLike | None):
     return photo, f"Loaded {os.path.basename(os.fspath(path))}. Now choose what to hide and press Reconstruct."
 
 
+def _photo_inputs(gr, examples: dict[str, str]):
+    """The photo editor (with the example photos under it) and the upload box."""
+    editor = gr.ImageEditor(
+        value=_editor_value(prepare_photo(next(iter(examples.values())))),
+        label="Photo (in brush mode: paint over what to hide)", type="numpy", image_mode="RGBA",
+        sources=[], transforms=[], layers=False, format="png", canvas_size=(512, 512),
+        height=460, elem_id="lmd-editor",
+        brush=gr.Brush(colors=["#ff00c8"], default_color="#ff00c8", color_mode="fixed", default_size=28),
+        eraser=gr.Eraser(default_size=28),
+    )
+    gr.Examples(examples=[[path] for path in examples.values()], inputs=[editor], label="Example photos (click one)")
+    upload = gr.File(label="...or upload your own photo (PNG, JPEG, WebP, TIFF, BMP; up to 40 megapixels)",
+                     type="filepath", height=150, elem_id="lmd-upload")
+    return editor, upload
+
+
+def _result_images(gr, size: int):
+    """The three result images, under a line that says what each shows."""
+    gr.Markdown("### Result\n"
+                "Left: the photo with the region to fill in grey. Middle: everything the model drew for the "
+                f"square it saw ({size}x{size} pixels, enlarged). Right: the photo at its own size, the model's "
+                "drawing in the grey region (faded in over a few pixels inside its edge) and the photo's own "
+                "pixels, untouched, everywhere else.")
+    with gr.Row():
+        common = {"type": "pil", "format": "png", "interactive": False, "height": DISPLAY_SIZE + 80,
+                  "elem_classes": ["lmd-result"]}
+        return (gr.Image(label="Photo (grey = to fill in)", elem_id="lmd-masked", **common),
+                gr.Image(label="What the model drew (its square, enlarged)", elem_id="lmd-decoded", **common),
+                gr.Image(label="Result at the photo's size", elem_id="lmd-pasted", **common))
+
+
 def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
     """The Gradio page for the checkpoint `model_name_or_path` (or an already built `pipe` of it)."""
     import gradio as gr
@@ -361,18 +400,7 @@ def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
         gr.Markdown(INTRO.format(size=size))
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
-                editor = gr.ImageEditor(
-                    value=_editor_value(prepare_photo(next(iter(examples.values())))),
-                    label="Photo (in brush mode: paint over what to hide)", type="numpy", image_mode="RGBA",
-                    sources=[], transforms=[], layers=False, format="png", canvas_size=(512, 512),
-                    height=460, elem_id="lmd-editor",
-                    brush=gr.Brush(colors=["#ff00c8"], default_color="#ff00c8", color_mode="fixed", default_size=28),
-                    eraser=gr.Eraser(default_size=28),
-                )
-                gr.Examples(examples=[[path] for path in examples.values()], inputs=[editor],
-                            label="Example photos (click one)")
-                upload = gr.File(label="...or upload your own photo (PNG, JPEG, WebP, TIFF, BMP; up to 40 megapixels)",
-                                 type="filepath", height=150, elem_id="lmd-upload")
+                editor, upload = _photo_inputs(gr, examples)
             with gr.Column(scale=2):
                 mode = gr.Radio([MODE_RANDOM, MODE_BRUSH], value=MODE_RANDOM, label="What to hide",
                                 elem_id="lmd-mode")
@@ -395,17 +423,7 @@ def build_demo(model_name_or_path: str | os.PathLike = DEMO_LMD, *, pipe=None):
                 run = gr.Button("Reconstruct", variant="primary", elem_id="lmd-run")
                 status = gr.Textbox(label="Status", interactive=False, lines=2, elem_id="lmd-status",
                                     value=f"Model: {model_label}. Press Reconstruct, or pick another photo first.")
-        gr.Markdown("### Result\n"
-                    "Left: the photo with the region to fill in grey. Middle: everything the model drew for the "
-                    f"square it saw ({size}x{size} pixels, enlarged). Right: the photo at its own size, the model's "
-                    "drawing in the grey region and the photo's own pixels everywhere else (blended over a few pixels "
-                    "at the edges).")
-        with gr.Row():
-            common = {"type": "pil", "format": "png", "interactive": False, "height": DISPLAY_SIZE + 80,
-                      "elem_classes": ["lmd-result"]}
-            masked_out = gr.Image(label="Photo (grey = to fill in)", elem_id="lmd-masked", **common)
-            decoded_out = gr.Image(label="What the model drew (its square, enlarged)", elem_id="lmd-decoded", **common)
-            pasted_out = gr.Image(label="Result at the photo's size", elem_id="lmd-pasted", **common)
+        masked_out, decoded_out, pasted_out = _result_images(gr, size)
 
         mode.change(on_mode, inputs=mode, outputs=[random_controls, brush_help])
         # Progress shows on the status box only: an editor that a failed upload leaves alone keeps its photo.
