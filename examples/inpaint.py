@@ -2,7 +2,8 @@
 
 The mask is over the photo's pixels: a PNG (non-zero = fill in) or a box `--box LEFT TOP RIGHT BOTTOM`. The model
 sees a square around the region (`--padding_mask_crop` pixels of context, default half the region's extent); its
-fill is pasted back, and outside the region the photo keeps its own pixels.
+fill is pasted back inside the region, and outside it the photo keeps its own pixels, bit for bit. A missing or
+unreadable file, or a mask of another size than the photo, stops it with a one-line error.
 
     python examples/inpaint.py --model path/to/lmd-checkpoint --image photo.png --box 10 10 40 30 \
         --output inpainted.png --grid inpaint_grid.png
@@ -17,7 +18,7 @@ from diffusers.utils import make_image_grid
 from transformers import pipeline
 
 from modeling_lmd import LMDReconstructionPipeline
-from modeling_lmd.image_processing_lmd import to_rgb_image
+from modeling_lmd.image_processing_lmd import load_image_file, to_rgb_image
 from modeling_lmd.pretrained import DEMO_LMD
 
 
@@ -41,16 +42,24 @@ def parse_args(argv=None):
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    try:
+        return inpaint(args)
+    except (FileNotFoundError, ValueError) as error:  # a missing or unreadable file, a mask of the wrong size
+        raise SystemExit(f"error: {error}") from None
+
+
+def inpaint(args) -> str:
+    """Fill in the region and write the result (and the grid); returns the output path."""
     image = to_rgb_image(args.image)
     if args.mask:
-        mask = np.array(PIL.Image.open(args.mask).convert("L")) > 0
+        mask = load_image_file(args.mask)  # read before the model loads; the pipeline turns it upright as the photo
     else:
         left, top, right, bottom = args.box
         mask = np.zeros((image.height, image.width), dtype=bool)
         mask[max(top, 0) : bottom, max(left, 0) : right] = True
-    inpaint = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline,
-                       device=args.device)
-    out = inpaint(image, mask=mask, num_inference_steps=args.num_inference_steps,
+    pipe = pipeline("lmd-reconstruction", model=args.model, pipeline_class=LMDReconstructionPipeline,
+                    device=args.device)
+    out = pipe(image, mask=mask, num_inference_steps=args.num_inference_steps,
                   padding_mask_crop=args.padding_mask_crop)
     out["reconstruction"].save(args.output)
     hidden = int(out["patch_mask"].sum())
