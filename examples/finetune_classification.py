@@ -99,12 +99,7 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(prediction.predictions, axis=1) == prediction.label_ids).mean())}
 
 
-def main(args: list[str] | None = None) -> dict:
-    """Train and/or evaluate, save and publish; returns the train and eval metrics."""
-    model_args, data_args, training_args = parse_arguments(args)
-    # The transforms below read the image column, which the Trainer would otherwise drop as no argument of forward().
-    training_args.remove_unused_columns = False
-
+def set_up_logging(training_args: TrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])
     if training_args.should_log:  # "passive" log level: INFO on the main process, as the transformers examples do
@@ -116,6 +111,10 @@ def main(args: list[str] | None = None) -> dict:
     logger.warning(f"Process rank {training_args.process_index}, device {training_args.device}, "
                    f"{training_args.n_gpu} GPU(s), bf16 {training_args.bf16}, fp16 {training_args.fp16}")
 
+
+def load_labelled_images(model_args, data_args, training_args) -> tuple[datasets.DatasetDict, list[str]]:
+    """The splits, checked (columns, class labels on every image) and cleared of unreadable images, and the class
+    names."""
     dataset = load_image_datasets(
         dataset_name=data_args.dataset_name, dataset_config_name=data_args.dataset_config_name,
         train_dir=data_args.train_dir, validation_dir=data_args.validation_dir,
@@ -135,21 +134,29 @@ def main(args: list[str] | None = None) -> dict:
                              "(<folder>/<class name>/<image>), with no image directly in <folder>.")
         # Unreadable images are named and dropped before any step, as pre-training does.
         dataset[split], _ = drop_unreadable_images(dataset[split], image_column, split)
-    id2label = dict(enumerate(labels.names))
-    label2id = {name: index for index, name in id2label.items()}
     if training_args.do_eval and "validation" not in dataset:
         raise ValueError("--do_eval needs a validation split: --validation_dir, or a --train_val_split above 0.")
+    return dataset, labels.names
 
-    set_seed(training_args.seed)  # the new head's initialisation
+
+def build_model(model_args, class_names: list[str]) -> LMDForImageClassification:
+    id2label = dict(enumerate(class_names))
     model = LMDForImageClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=len(id2label), id2label=id2label, label2id=label2id,
+        model_args.model_name_or_path, num_labels=len(id2label), id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
         ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, cache_dir=model_args.cache_dir,
     )
     # A pre-training checkpoint's config declares its reconstruction pipeline; this classifier is not one.
     if getattr(model.config, "custom_pipelines", None):
         del model.config.custom_pipelines
-    image_processor = LMDImageProcessor.from_model_config(model.config)
-    random_crop_flip = RandomResizedCropFlip(model.config.image_size)
+    return model
+
+
+def transformed_splits(dataset, data_args, training_args, image_processor, image_size: int):
+    """The training and evaluation splits (each `None` unless asked for), cut to --max_*_samples, with their
+    transforms: RandomResizedCrop + flip (or as evaluation with --augment false), and resize + centre crop."""
+    image_column = data_args.image_column_name
+    random_crop_flip = RandomResizedCropFlip(image_size)
 
     def val_transforms(examples):
         examples["pixel_values"] = list(image_processor(examples[image_column], return_tensors="pt")["pixel_values"])
@@ -163,29 +170,46 @@ def main(args: list[str] | None = None) -> dict:
         examples["pixel_values"] = [random_crop_flip(image, torch.default_generator) for image in examples[image_column]]
         return examples
 
+    def limited(split, count, transform):
+        if count is not None:  # shuffled: an image folder lists its images class by class
+            split = split.shuffle(seed=training_args.seed).select(range(min(count, len(split))))
+        return split.with_transform(transform)
+
+    train = limited(dataset["train"], data_args.max_train_samples, train_transforms) if training_args.do_train else None
+    evaluation = (limited(dataset["validation"], data_args.max_eval_samples, val_transforms)
+                  if training_args.do_eval else None)
+    return train, evaluation
+
+
+def main(args: list[str] | None = None) -> dict:
+    """Train and/or evaluate, save and publish; returns the train and eval metrics."""
+    model_args, data_args, training_args = parse_arguments(args)
+    # The transforms read the image column, which the Trainer would otherwise drop as no argument of forward().
+    training_args.remove_unused_columns = False
+    set_up_logging(training_args)
+    dataset, class_names = load_labelled_images(model_args, data_args, training_args)
+    set_seed(training_args.seed)  # the new head's initialisation
+    model = build_model(model_args, class_names)
+    image_processor = LMDImageProcessor.from_model_config(model.config)
+    train_dataset, eval_dataset = transformed_splits(dataset, data_args, training_args, image_processor,
+                                                     model.config.image_size)
+    label_column = data_args.label_column_name
+
     def collate_fn(examples):
         return {"pixel_values": torch.stack([example["pixel_values"] for example in examples]),
                 "labels": torch.tensor([example[label_column] for example in examples])}
-
-    train_dataset = eval_dataset = None
-    if training_args.do_train:
-        train_dataset = dataset["train"]
-        if data_args.max_train_samples is not None:
-            count = min(data_args.max_train_samples, len(train_dataset))
-            train_dataset = train_dataset.shuffle(seed=training_args.seed).select(range(count))
-        train_dataset = train_dataset.with_transform(train_transforms)
-    if training_args.do_eval:
-        eval_dataset = dataset["validation"]
-        if data_args.max_eval_samples is not None:  # shuffled: an image folder lists its images class by class
-            count = min(data_args.max_eval_samples, len(eval_dataset))
-            eval_dataset = eval_dataset.shuffle(seed=training_args.seed).select(range(count))
-        eval_dataset = eval_dataset.with_transform(val_transforms)
 
     trainer = Trainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         data_collator=collate_fn, compute_metrics=compute_metrics,
         processing_class=image_processor,  # saved (and pushed) with the model: preprocessor_config.json
     )
+    metrics = train_and_evaluate(trainer, training_args, train_dataset, eval_dataset)
+    save_card(trainer, model_args, data_args, training_args)
+    return metrics
+
+
+def train_and_evaluate(trainer: Trainer, training_args, train_dataset, eval_dataset) -> dict:
     metrics = {}
     if training_args.do_train:
         result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
@@ -200,9 +224,13 @@ def main(args: list[str] | None = None) -> dict:
         trainer.log_metrics("eval", eval_metrics)
         trainer.save_metrics("eval", eval_metrics)
         metrics.update(eval_metrics)
+    return metrics
 
-    # The card's base_model is filled in by the Trainer from the checkpoint when that is a Hub id; a dataset is
-    # named only when it is a Hub id too (a local folder has no page to link to).
+
+def save_card(trainer: Trainer, model_args, data_args, training_args) -> None:
+    """README.md (and the upload with --push_to_hub). The card's base_model is filled in by the Trainer from the
+    checkpoint when that is a Hub id; a dataset is named only when it is a Hub id too (a local folder has no page to
+    link to)."""
     card = {"tasks": "image-classification", "tags": ["image-classification", "vision", "lmd"],
             "dataset": data_args.dataset_name if data_args.dataset_name and not os.path.exists(data_args.dataset_name)
             else None}
@@ -212,7 +240,6 @@ def main(args: list[str] | None = None) -> dict:
         trainer.create_model_card(**card)
         if os.path.isdir(model_args.model_name_or_path):
             name_local_parent(os.path.join(training_args.output_dir, "README.md"), model_args.model_name_or_path)
-    return metrics
 
 
 def name_local_parent(card_path: str, parent: str) -> None:

@@ -184,26 +184,64 @@ def _settings(resolution: int, scales: Sequence[int], train_stride: int, val_str
     }
 
 
-def _is_complete(output_dir: str, settings: dict) -> Optional[dict]:
-    """Return the stored metadata if ``output_dir`` holds a complete build with ``settings``, else None."""
-    meta_path = os.path.join(output_dir, "metadata.json")
-    if not os.path.isfile(meta_path):
-        return None
+def complete_build(output_dir: str, settings: dict) -> Optional[dict]:
+    """The `metadata.json` of a finished build in `output_dir` made with `settings` (every file it lists present),
+    else None. Builds write their metadata last, so an interrupted one is never taken for finished."""
     try:
-        with open(meta_path, encoding="utf-8") as f:
-            meta = json.load(f)
+        with open(os.path.join(output_dir, "metadata.json"), encoding="utf-8") as handle:
+            meta = json.load(handle)
     except (OSError, ValueError):
         return None
-    if {k: meta.get(k) for k in settings} != settings:
+    if {key: meta.get(key) for key in settings} != settings:
         return None
-    for split in ("train", "validation"):
-        split_dir = os.path.join(output_dir, split)
-        if not os.path.isdir(split_dir):
-            return None
-        present = {f for f in os.listdir(split_dir) if f.endswith(".png")}
-        if present != set(meta.get("files", {}).get(split, [])):
-            return None
-    return meta
+    files = meta.get("files", [])
+    if isinstance(files, dict):  # {split: names}
+        files = [os.path.join(split, name) for split, names in files.items() for name in names]
+    return meta if all(os.path.isfile(os.path.join(output_dir, name)) for name in files) else None
+
+
+def _write_demo_tiles(photos: List[dict], staging: str, resolution: int, scales: Sequence[int], strides: Dict[str, int],
+                      min_tile_std: float) -> Tuple[Dict[str, List[str]], Dict[str, int], List[dict]]:
+    """Tile every photograph into `staging/<split>/`; returns the file names per split, tiles per photo, sources."""
+    files: Dict[str, List[str]] = {"train": [], "validation": []}
+    counts_per_photo: Dict[str, int] = {}
+    sources = []
+    for i, photo in enumerate(photos):
+        split = photo["split"]
+        img = _load_rgb(photo["path"])
+        tiles = tiles_of_photo(img, resolution, scales, strides[split], min_tile_std)
+        os.makedirs(os.path.join(staging, split), exist_ok=True)
+        for suffix, tile in tiles:
+            fname = f"{photo['name']}_{suffix}.png"
+            tile.save(os.path.join(staging, split, fname), format="PNG", compress_level=6)
+            files[split].append(fname)
+        counts_per_photo[photo["name"]] = len(tiles)
+        sources.append({"name": photo["name"], "package": photo["package"], "file": photo["file"],
+                        "size": list(img.size), "split": split, "tiles": len(tiles)})
+        logger.info("[%d/%d] %s (%s, %dx%d) -> %d %s tiles", i + 1, len(photos), photo["name"], photo["package"],
+                    img.size[0], img.size[1], len(tiles), split)
+    for split in files:
+        files[split].sort()
+        os.makedirs(os.path.join(staging, split), exist_ok=True)
+    return files, counts_per_photo, sources
+
+
+def _install_build(staging: str, output_dir: str, meta: dict) -> None:
+    """Move a staged build into `output_dir`, replacing any previous one: the old metadata goes first and the new
+    one comes last, so a crash in between leaves a folder that is seen as incomplete."""
+    meta_path = os.path.join(output_dir, "metadata.json")
+    if os.path.exists(meta_path):
+        os.remove(meta_path)
+    for split in meta["files"]:
+        dest = os.path.join(output_dir, split)
+        if os.path.isdir(dest):
+            shutil.rmtree(dest)
+        os.replace(os.path.join(staging, split), dest)
+    tmp_meta = os.path.join(staging, "metadata.json")
+    with open(tmp_meta, "w", encoding="utf-8") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp_meta, meta_path)
 
 
 def build_demo_dataset(
@@ -239,71 +277,22 @@ def build_demo_dataset(
     settings = _settings(resolution, scales, train_stride, validation_stride, min_tile_std)
 
     if not overwrite:
-        meta = _is_complete(output_dir, settings)
+        meta = complete_build(output_dir, settings)
         if meta is not None:
             logger.info("Demo dataset already complete in %s; nothing to do.", output_dir)
             return meta
 
     photos = list_demo_photos()
     os.makedirs(output_dir, exist_ok=True)
-    # Build into a temporary folder next to the destination, then move it in place: an interrupted build
-    # never leaves a folder that looks complete.
+    # Built in a temporary folder next to the destination, then moved in place.
     staging = tempfile.mkdtemp(prefix=".demo_build_", dir=output_dir)
     try:
-        files: Dict[str, List[str]] = {"train": [], "validation": []}
-        counts_per_photo: Dict[str, int] = {}
-        sources = []
-        for i, photo in enumerate(photos):
-            split = photo["split"]
-            stride = validation_stride if split == "validation" else train_stride
-            img = _load_rgb(photo["path"])
-            tiles = tiles_of_photo(img, resolution, scales, stride, min_tile_std)
-            split_dir = os.path.join(staging, split)
-            os.makedirs(split_dir, exist_ok=True)
-            for suffix, tile in tiles:
-                fname = f"{photo['name']}_{suffix}.png"
-                tile.save(os.path.join(split_dir, fname), format="PNG", compress_level=6)
-                files[split].append(fname)
-            counts_per_photo[photo["name"]] = len(tiles)
-            sources.append(
-                {
-                    "name": photo["name"],
-                    "package": photo["package"],
-                    "file": photo["file"],
-                    "size": list(img.size),
-                    "split": split,
-                    "tiles": len(tiles),
-                }
-            )
-            logger.info(
-                "[%d/%d] %s (%s, %dx%d) -> %d %s tiles",
-                i + 1, len(photos), photo["name"], photo["package"], img.size[0], img.size[1], len(tiles), split,
-            )
-        for split in files:
-            files[split].sort()
-            os.makedirs(os.path.join(staging, split), exist_ok=True)
-
-        meta = dict(settings)
-        meta["counts"] = {split: len(names) for split, names in files.items()}
-        meta["counts_per_photo"] = counts_per_photo
-        meta["sources"] = sources
-        meta["files"] = files
-
-        # Replace any previous (incomplete or different) build: remove the old metadata first, so a crash
-        # in between leaves a folder that is detected as incomplete.
-        meta_path = os.path.join(output_dir, "metadata.json")
-        if os.path.exists(meta_path):
-            os.remove(meta_path)
-        for split in files:
-            dest = os.path.join(output_dir, split)
-            if os.path.isdir(dest):
-                shutil.rmtree(dest)
-            os.replace(os.path.join(staging, split), dest)
-        tmp_meta = os.path.join(staging, "metadata.json")
-        with open(tmp_meta, "w", encoding="utf-8") as f:
-            json.dump(meta, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp_meta, meta_path)
+        strides = {"train": train_stride, "validation": validation_stride}
+        files, counts_per_photo, sources = _write_demo_tiles(photos, staging, resolution, scales, strides,
+                                                             min_tile_std)
+        meta = {**settings, "counts": {split: len(names) for split, names in files.items()},
+                "counts_per_photo": counts_per_photo, "sources": sources, "files": files}
+        _install_build(staging, output_dir, meta)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -348,13 +337,10 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
 
     settings = {"version": DEMO_DATA_VERSION, "resolution": int(resolution), "scales": [int(k) for k in scales],
                 "photos": [list(photo) for photo in UNSEEN_PHOTOS]}
+    meta = complete_build(output_dir, settings)
+    if meta is not None:
+        return meta
     meta_path = os.path.join(output_dir, "metadata.json")
-    if os.path.isfile(meta_path):
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        if {k: meta.get(k) for k in settings} == settings and all(
-                os.path.isfile(os.path.join(output_dir, name)) for name in meta["files"]):
-            return meta
     os.makedirs(output_dir, exist_ok=True)
     files, counts = [], {}
     with tempfile.TemporaryDirectory() as wheels:
@@ -418,13 +404,10 @@ def build_digits_folder(output_dir: str, seed: int = 0, test_fraction: float = 0
     settings = {"version": DEMO_DATA_VERSION, "dataset": "sklearn-digits", "seed": int(seed),
                 "test_fraction": float(test_fraction)}
     meta_path = os.path.join(output_dir, "metadata.json")
-    if not overwrite and os.path.isfile(meta_path):
-        with open(meta_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        if {k: meta.get(k) for k in settings} == settings and all(
-                os.path.isfile(os.path.join(output_dir, name)) for name in meta["files"]):
-            logger.info("Digits image folder already complete in %s; nothing to do.", output_dir)
-            return meta
+    meta = None if overwrite else complete_build(output_dir, settings)
+    if meta is not None:
+        logger.info("Digits image folder already complete in %s; nothing to do.", output_dir)
+        return meta
     try:
         splits = digits_dataset(seed=seed, test_fraction=test_fraction)
     except ImportError as err:

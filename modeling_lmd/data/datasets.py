@@ -20,6 +20,7 @@ import logging
 import warnings
 from typing import Any, Callable
 
+import datasets
 import torch
 
 from .images import decode_image_value, readable_image
@@ -80,8 +81,6 @@ class StreamingImageDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, stream, image_column: str, transform: Callable, seed: int = 0, buffer_size: int = 1000):
-        import datasets
-
         if isinstance((stream.features or {}).get(image_column), datasets.Image):
             stream = stream.cast_column(image_column, datasets.Image(decode=False))  # decoded here, errors caught
         self.stream = stream.shuffle(seed=int(seed), buffer_size=buffer_size)

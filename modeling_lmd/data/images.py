@@ -17,6 +17,7 @@ import math
 import os
 from dataclasses import dataclass, field
 
+import datasets
 import numpy as np
 from PIL import Image
 
@@ -46,8 +47,6 @@ def load_image_datasets(
     validation split, `train_val_split` of the training images are held out (seeded). With `streaming`, the
     splits are `datasets` streams (`IterableDatasetDict`) and nothing is split off.
     """
-    import datasets
-
     if dataset_name is not None:
         dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, streaming=streaming)
     elif train_dir is not None:
@@ -102,8 +101,6 @@ def folder_files(folder: str, split: str) -> list[str]:
 
 def first_rows(stream, count: int):
     """The first `count` rows of a stream as a `datasets.Dataset` (images kept as their encoded bytes)."""
-    import datasets
-
     features = stream.features
     if features is not None:
         features = datasets.Features({name: datasets.Image(decode=False) if isinstance(feature, datasets.Image)
@@ -119,8 +116,6 @@ def first_rows(stream, count: int):
 
 def find_image_column(dataset, requested: str | None = None) -> str:
     """`requested` if given (checked), else the first `datasets.Image` column, else `image` / `img`."""
-    import datasets
-
     columns = list(dataset.column_names or [])  # a stream may not know its columns or features
     if requested is not None:
         if requested not in columns:
@@ -153,8 +148,6 @@ class ImageScan:
 def scan_images(dataset, image_column: str, decode: str = "auto") -> ImageScan:
     """Open every image of `dataset` once: `decode="header"` reads headers, `"full"` decodes the pixels (and
     converts to RGB, as training will), `"auto"` is full up to `FULL_DECODE_LIMIT` images, headers above."""
-    import datasets
-
     if decode not in ("auto", "header", "full"):
         raise ValueError(f"decode must be 'auto', 'header' or 'full', got {decode!r}.")
     full = decode == "full" or (decode == "auto" and len(dataset) <= FULL_DECODE_LIMIT)
@@ -236,8 +229,6 @@ def _read_image(dataset, image_column: str, index: int) -> Image.Image:
     except Exception as error:  # noqa: BLE001 - re-raised with the file that caused it
         where = f"row {index} of the dataset"
         try:
-            import datasets
-
             raw = dataset.cast_column(image_column, datasets.Image(decode=False))[index][image_column]
             if isinstance(raw, dict) and raw.get("path"):
                 where += f" (file {raw['path']})"

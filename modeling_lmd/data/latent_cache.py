@@ -34,6 +34,7 @@ import shutil
 import time
 from typing import Callable
 
+import datasets
 import numpy as np
 import torch
 
@@ -53,8 +54,6 @@ LATENT_CACHE_VERSION = "2"
 
 def default_latent_cache_dir() -> str:
     """`<HF datasets cache>/modeling_lmd_latents` (follows `HF_DATASETS_CACHE` / `HF_HOME`)."""
-    import datasets
-
     return os.path.join(str(datasets.config.HF_DATASETS_CACHE), "modeling_lmd_latents")
 
 
@@ -85,8 +84,6 @@ def latent_cache_key(
 def _load_cache(path: str):
     """A finished cache and its `cache_info.json`; a cache damaged on disk since (it is never rewritten) is an
     error that names its folder, checked here rather than at some later step's read of a row."""
-    import datasets
-
     try:
         with open(os.path.join(path, "cache_info.json"), encoding="utf-8") as handle:
             info = json.load(handle)
@@ -143,7 +140,6 @@ def cache_latents(
     (memory-mapped from disk), and the cache's `cache_info.json` content (`info["path"]`, `info["reused"]`,
     `info["dtype"]`).
     """
-    import datasets
     from accelerate import PartialState
     from filelock import FileLock
     from tqdm.auto import tqdm
