@@ -322,7 +322,8 @@ def _random_patches_in_the_page(page, status, expect, photo) -> None:
     assert abs(hidden[:, 75:375].mean() - hidden_patches / 64) < 0.1  # of the photo's centred square
     assert np.asarray(decoded).std() > 10 and pasted_array.std() > 10  # not blank
     assert np.abs(pasted_array - masked_array)[hidden].mean() > 10  # filled in, not the masked input
-    assert np.abs(pasted_array - photo)[~hidden].max() == 0  # outside the fill, the photo's own pixels
+    # Outside the fill, the photo's own pixels, as the editor's canvas handed them to the pipeline (within a level).
+    assert np.abs(pasted_array - photo)[~hidden].max() <= 1
 
 
 def _brush_strokes_in_the_page(page, status, expect, screenshot) -> None:
