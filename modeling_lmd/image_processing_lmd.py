@@ -475,12 +475,6 @@ class LMDImageProcessor(PilBackend):
         unit = np.divide(np.asarray(image), 255, dtype=np.float32)
         return unit if output_type == "np" else torch.from_numpy(unit).permute(2, 0, 1)
 
-    def mask_to_pil(self, mask: np.ndarray | torch.Tensor) -> PIL.Image.Image:
-        """A boolean `(H, W)` mask -> a black-and-white PIL image (white = masked)."""
-        if isinstance(mask, torch.Tensor):
-            mask = mask.detach().cpu().numpy()
-        return PIL.Image.fromarray(np.asarray(mask, dtype=bool)).convert("L")
-
 
 __all__ = ["OUTPUT_TYPES", "LMDImageProcessor", "bounding_box", "check_output_type", "cover_and_crop",
            "exif_orientation", "load_image_file", "open_image", "to_rgb_image", "upright"]
