@@ -175,9 +175,9 @@ def reconstruction_metrics(
     latents = latents.to(device=model.device, dtype=model.dtype)
     num_patches = model.config.num_patches
     # The masks `reconstruct` draws first from each image's generator, so every setting hides the same patches.
-    patch_mask = random_patch_mask(mask_noise(mask_seeds, num_patches, model.device),
-                                   num_visible_patches(ratio, num_patches))
-    forward = model(latents=latents, patch_mask=patch_mask)
+    num_visible = num_visible_patches(ratio, num_patches)
+    hidden = random_patch_mask(mask_noise(mask_seeds, num_patches, model.device), num_visible)
+    forward = model(latents=latents, bool_masked_pos=hidden, num_visible=num_visible)
     metrics = {"loss": model.forward_loss(latents, forward.logits, forward.mask, per_sample=True)}
     nan = torch.full_like(metrics["loss"], float("nan"))
     if pixel_values is None:

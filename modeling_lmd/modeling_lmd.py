@@ -2,8 +2,8 @@
 
 The classes follow transformers' ViTMAE:
 
-- [`LMDModel`]: the frozen VAE and the ViT encoder. It hides patches only when asked (`patch_mask`, or a random
-  `mask_ratio` / `noise`); by default it encodes every patch, which is what features and fine-tuning want.
+- [`LMDModel`]: the frozen VAE and the ViT encoder. It hides patches only when asked (`bool_masked_pos`, or
+  ViTMAE's `noise`); by default it encodes every patch, which is what features and fine-tuning want.
 - [`LMDForPreTraining`]: `self.lmd` + the decoder + the masked latent loss: what the Trainer and `train_lmd.py`
   train. Inference (inpainting, progressive un-masking) lives in `reconstruction_lmd`, which calls these stages.
 - [`LMDForImageClassification`]: `self.lmd` + a pooled linear head.
@@ -26,6 +26,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import Chunk, WeightConverter, WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -184,7 +186,8 @@ def eager_attention_forward(
 
 
 class LMDSelfAttention(nn.Module):
-    """Multi-head self-attention; the kernel is `config._attn_implementation` ("eager", "sdpa", flash, ...)."""
+    """Multi-head self-attention with transformers' ViT names (`query`, `key`, `value`: what PEFT's LoRA targets
+    by default); the kernel is `config._attn_implementation` ("eager", "sdpa", flash, ...)."""
 
     def __init__(self, config: LMDConfig, hidden_size: int, num_heads: int):
         super().__init__()
@@ -193,19 +196,53 @@ class LMDSelfAttention(nn.Module):
         self.head_dim = hidden_size // num_heads
         self.scaling = self.head_dim**-0.5
         self.is_causal = False
-        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=config.qkv_bias)
-        self.proj = nn.Linear(hidden_size, hidden_size)
+        self.query = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.key = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
-        # (B, N, 3D) -> 3 x (B, heads, N, head_dim)
-        qkv = self.qkv(hidden_states).reshape(batch, length, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)
+        heads = (batch, length, self.num_heads, self.head_dim)
+        # (B, N, D) -> (B, heads, N, head_dim) each
+        query, key, value = (projection(hidden_states).view(heads).transpose(1, 2)
+                             for projection in (self.query, self.key, self.value))
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
         attended, weights = attention_interface(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
-        return self.proj(attended.reshape(batch, length, width)), weights
+        return attended.reshape(batch, length, width), weights
+
+
+class LMDSelfOutput(nn.Module):
+    """The attention's output projection (transformers' ViT: `attention.output.dense`)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.dense(hidden_states)
+
+
+class LMDAttention(nn.Module):
+    def __init__(self, config: LMDConfig, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attention = LMDSelfAttention(config, hidden_size, num_heads)
+        self.output = LMDSelfOutput(hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attention(hidden_states)
+        return self.output(attended), weights
+
+
+#: Checkpoints saved before the attention took ViT's names hold one fused `qkv` projection and a `proj`: loading
+#: splits the first (exactly: its rows are the three projections, in order) and renames the second.
+register_checkpoint_conversion_mapping("lmd", [
+    WeightConverter(source_patterns="attention.qkv",
+                    target_patterns=["attention.attention.query", "attention.attention.key", "attention.attention.value"],
+                    operations=[Chunk(dim=0)]),
+    WeightRenaming("attention.proj", "attention.output.dense"),
+], overwrite=True)
 
 
 class LMDMLP(nn.Module):
@@ -225,7 +262,7 @@ class LMDLayer(GradientCheckpointingLayer):
     def __init__(self, config: LMDConfig, hidden_size: int, num_heads: int, intermediate_size: int):
         super().__init__()
         self.layernorm_before = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
-        self.attention = LMDSelfAttention(config, hidden_size, num_heads)
+        self.attention = LMDAttention(config, hidden_size, num_heads)
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = LMDMLP(hidden_size, intermediate_size, config.hidden_act)
 
@@ -268,8 +305,8 @@ class LMDEmbeddings(nn.Module):
 
     def forward(self, latents: torch.Tensor, hidden: torch.Tensor | None = None, num_visible: int | None = None):
         """`(B, C, h, w)` -> embeddings `(B, 1 + K, D)` (cls first, then the visible patches in row-major order) and
-        ids_restore `(B, L)`. `hidden` `(B, L)` bool must hide as many patches in every sample (`num_visible` says
-        how many stay, when the caller knows it); `None` keeps every patch."""
+        ids_restore `(B, L)`. `hidden` `(B, L)` bool hides as many patches in every sample, `num_visible` = K
+        staying (see `resolve_hidden_patches`); `None` keeps every patch."""
         tokens = self.patch_embeddings(latents)  # (B, D, gh, gw)
         positions = self.position_embeddings(tokens.shape[-2:])
         tokens = tokens.flatten(2).transpose(1, 2) + positions[:, 1:, :]  # (B, L, D)
@@ -280,22 +317,37 @@ class LMDEmbeddings(nn.Module):
             # Visible patches first, each group in row-major order; ids_restore puts every patch back in place.
             ids_shuffle = torch.argsort(hidden.to(torch.int8), dim=1, stable=True)
             ids_restore = torch.argsort(ids_shuffle, dim=1)
-            num_visible = num_patches - equal_hidden_count(hidden) if num_visible is None else num_visible
             ids_keep = ids_shuffle[:, :num_visible]
             tokens = torch.gather(tokens, dim=1, index=ids_keep.unsqueeze(-1).expand(-1, -1, width))
         cls_tokens = (self.cls_token + positions[:, :1, :]).expand(batch, -1, -1)
         return torch.cat([cls_tokens, tokens], dim=1), ids_restore
 
 
-def equal_hidden_count(hidden: torch.Tensor) -> int:
-    """The number of hidden patches, which every sample of a batch must share (the encoder takes equal-length
-    sequences): one host sync."""
-    counts = hidden.sum(dim=1)
-    low, high = torch.stack([counts.min(), counts.max()]).tolist()
-    if low != high:
-        raise ValueError(f"Every image of a batch must hide the same number of patches, got {low} to {high}; "
-                         "run images with different masks one at a time.")
-    return int(low)
+def resolve_hidden_patches(
+    batch: int, num_patches: int, device, bool_masked_pos: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None, num_visible: int | None = None, mask_ratio: float | None = None,
+) -> tuple[torch.Tensor | None, int | None]:
+    """The one place the masking inputs meet: `(B, L)` bool, True where a patch is hidden, and K, how many stay.
+
+    - `bool_masked_pos` (transformers' name and meaning): as given. Every sample must hide as many; K is
+      `num_visible` when given, else counted from the first sample (one host sync: the Trainer and `reconstruct`
+      pass the count).
+    - `noise` `(B, L)` (ViTMAE's): random masking, the K lowest stay visible, K = `num_visible` or
+      `int(L * (1 - mask_ratio))`. A visible count passed as an int keeps one compiled graph across a schedule.
+    - neither: with a `mask_ratio` (pre-training masks by `config.mask_ratio`), noise drawn afresh; without, no
+      masking (`(None, None)`).
+    """
+    for name, given in (("bool_masked_pos", bool_masked_pos), ("noise", noise)):
+        if given is not None and tuple(given.shape) != (batch, num_patches):
+            raise ValueError(f"Expected {name} of shape ({batch}, {num_patches}), got {tuple(given.shape)}.")
+    if bool_masked_pos is not None:
+        hidden = bool_masked_pos.to(device=device, dtype=torch.bool)
+        return hidden, num_patches - int(hidden[0].sum()) if num_visible is None else num_visible
+    if noise is None and num_visible is None and mask_ratio is None:
+        return None, None
+    num_visible = num_visible_patches(mask_ratio, num_patches) if num_visible is None else num_visible
+    noise = torch.rand(batch, num_patches, device=device) if noise is None else noise.to(device)
+    return random_patch_mask(noise, num_visible), num_visible
 
 
 class LMDDecoder(nn.Module):
@@ -335,7 +387,8 @@ class LMDDecoder(nn.Module):
 def check_input_values(name: str, values: torch.Tensor, pixel_range: bool) -> None:
     """Refuse non-finite inputs (naming the count) and, for images, values outside about [-1, 1]: the two silent
     ways to a useless loss (uint8 or [0, 255] pixels give a loss about 5x too high; one NaN makes a batch's NaN).
-    Costs a host sync: eval and inference check every call, training its first batches (`LMDTrainer`)."""
+    A host sync, so it runs at the door, never inside a model's forward: `reconstruct` (and so the pipeline) checks
+    what it is given, the Trainer its first batches, and `LMDImageProcessor` makes values in range."""
     if values.is_floating_point():
         bad = int((~torch.isfinite(values)).sum())
         if bad:
@@ -349,10 +402,11 @@ def check_input_values(name: str, values: torch.Tensor, pixel_range: bool) -> No
 
 
 def check_inputs(config: LMDConfig, pixel_values: torch.Tensor | None, latents: torch.Tensor | None,
-                 interpolate_pos_encoding: bool = False, check_values: bool = True) -> None:
-    """Exactly one of images `(B, 3, H, W)` in [-1, 1] or latents `(B, C, h, w)`, of a shape the model takes (its
-    own size, or any multiple of a patch with `interpolate_pos_encoding`); with `check_values`, finite and in range.
-    Every error says what was expected and what came."""
+                 interpolate_pos_encoding: bool = False) -> None:
+    """Exactly one of images `(B, 3, H, W)` (floats) or latents `(B, C, h, w)`, of a shape the model takes (its own
+    size, or any multiple of a patch with `interpolate_pos_encoding`). Shapes and dtypes only, which the host knows
+    without waiting for the device (values: `check_input_values`). Every error says what was expected and what
+    came."""
     if (pixel_values is None) == (latents is None):
         raise ValueError("Pass exactly one of `pixel_values` (images in [-1, 1]) or `latents` (precomputed).")
     if pixel_values is not None:
@@ -374,8 +428,6 @@ def check_inputs(config: LMDConfig, pixel_values: torch.Tensor | None, latents: 
     if height % cell or width % cell:
         raise ValueError(f"{unit} sides must be multiples of {cell} (the latent patch"
                          f"{' in pixels' if unit == 'Image' else ''}), got {height}x{width}.")
-    if check_values:
-        check_input_values(name, values, pixel_range=pixel_values is not None)
 
 
 # --- the models ------------------------------------------------------------------------------------------------
@@ -452,6 +504,11 @@ class LMDPreTrainedModel(PreTrainedModel):
         model.base_model.vae_is_pretrained = True
         return model
 
+    def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
+        """`PreTrainedModel.save_pretrained` in this code's format: the conversion mapping above only reads older
+        checkpoints (transformers would otherwise write the fused `qkv` back)."""
+        return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """`PreTrainedModel.from_pretrained`; a checkpoint saved without its VAE (`config.vae_in_checkpoint=False`)
@@ -468,7 +525,7 @@ class LMDPreTrainedModel(PreTrainedModel):
 class LMDModel(LMDPreTrainedModel):
     """The frozen VAE and the LMD ViT encoder: images (or latents) -> latent patch tokens.
 
-    Without a mask every patch is encoded in order; with `patch_mask`, `mask_ratio` or `noise`, patches are hidden
+    Without a mask every patch is encoded in order; with `bool_masked_pos` or `noise`, patches are hidden
     first, as in pre-training.
 
     Example:
@@ -512,13 +569,13 @@ class LMDModel(LMDPreTrainedModel):
 
     def encode_images(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """Pixels in [-1, 1] `(B, 3, H, W)` -> unit-scaled latents `(B, C, h, w)` (see `vae_lmd.vae_encode`)."""
-        check_inputs(self.config, pixel_values, None, interpolate_pos_encoding, check_values=not self.training)
+        check_inputs(self.config, pixel_values, None, interpolate_pos_encoding)
         self.warn_if_random_vae()
         return vae_encode(self.vae, pixel_values)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Unit-scaled latents `(B, C, h, w)` -> pixels `(B, 3, H, W)`, nominally in [-1, 1] (not clamped)."""
-        check_inputs(self.config, None, latents, interpolate_pos_encoding=True, check_values=not self.training)
+        check_inputs(self.config, None, latents, interpolate_pos_encoding=True)
         self.warn_if_random_vae()
         return vae_decode(self.vae, latents)
 
@@ -535,23 +592,22 @@ class LMDModel(LMDPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        patch_mask: torch.Tensor | None = None,
-        mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
-        num_visible: int | None = None,
         interpolate_pos_encoding: bool = False,
+        num_visible: int | None = None,
         **kwargs,
     ) -> LMDModelOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)` in [-1, 1]): images, encoded by the frozen VAE on the fly.
             latents (`(B, C, h, w)`): precomputed unit-scaled latents instead of images (skips the VAE).
-            patch_mask (`(B, L)` bool, *optional*): True where a patch is hidden; every sample hides as many.
-            mask_ratio (`float`, *optional*): instead, hide a random share of patches (`int(L * (1 - ratio))` stay
-                visible), chosen by `noise` `(B, L)` (the lowest stay visible) or drawn afresh. `noise` alone hides
-                `config.mask_ratio`.
-            num_visible (`int`, *optional*): instead of `mask_ratio`, how many patches stay visible (what the Trainer
-                passes: an int keeps one compiled graph across ratios, where a float would make one per value).
+            bool_masked_pos (`(B, L)` bool, *optional*): True where a patch is hidden from the encoder; every sample
+                hides as many.
+            noise (`(B, L)`, *optional*): instead, hide `config.mask_ratio` of the patches at random, the lowest-noise
+                ones staying visible (ViTMAE's masking). Without either, every patch is encoded.
+            num_visible (`int`, *optional*): how many patches stay visible, when the caller knows it (the Trainer and
+                `reconstruct`; see `resolve_hidden_patches`).
             output_attentions (`bool`, *optional*): return every layer's attention weights (eager attention).
             output_hidden_states (`bool`, *optional*): return the embeddings and every layer's output.
             interpolate_pos_encoding (`bool`, defaults to `False`): run at a resolution other than
@@ -563,22 +619,19 @@ class LMDModel(LMDPreTrainedModel):
                 "output_attentions=True needs eager attention; load the model with attn_implementation='eager' "
                 f"(it uses {self.config._attn_implementation!r})."
             )
-        check_inputs(self.config, pixel_values, latents, interpolate_pos_encoding, check_values=not self.training)
+        if "mask_ratio" in kwargs or "patch_mask" in kwargs:
+            raise TypeError("The masking input is `bool_masked_pos` (True = hidden), or `noise` with "
+                            "`config.mask_ratio` (or `num_visible`); for a ratio per call, use "
+                            "`modeling_lmd.reconstruct(model, images, mask_ratio=...)`.")
+        check_inputs(self.config, pixel_values, latents, interpolate_pos_encoding)
         if latents is None:
             self.warn_if_random_vae()
             latents = vae_encode(self.vae, pixel_values)
         latents = latents.to(self.embeddings.patch_embeddings.weight.dtype)
-        num_patches = (latents.shape[-2] // self.config.patch_size) * (latents.shape[-1] // self.config.patch_size)
-        for name, given in (("patch_mask", patch_mask), ("noise", noise)):
-            if given is not None and tuple(given.shape) != (latents.shape[0], num_patches):
-                raise ValueError(f"Expected {name} of shape ({latents.shape[0]}, {num_patches}), got "
-                                 f"{tuple(given.shape)}.")
-        if patch_mask is None and num_visible is None and (mask_ratio is not None or noise is not None):
-            num_visible = num_visible_patches(self.config.mask_ratio if mask_ratio is None else mask_ratio, num_patches)
-        if patch_mask is None and num_visible is not None:
-            noise = torch.rand(latents.shape[0], num_patches, device=latents.device) if noise is None else noise
-            patch_mask = random_patch_mask(noise.to(latents.device), num_visible)
-        hidden = None if patch_mask is None else patch_mask.to(latents.device, torch.bool)
+        grid = (latents.shape[-2] // self.config.patch_size, latents.shape[-1] // self.config.patch_size)
+        hidden, num_visible = resolve_hidden_patches(
+            latents.shape[0], grid[0] * grid[1], latents.device, bool_masked_pos, noise, num_visible,
+            self.config.mask_ratio if noise is not None else None)
         hidden_states, ids_restore = self.embeddings(latents, hidden, num_visible)
         for layer in self.layers:
             hidden_states = layer(hidden_states)
@@ -621,7 +674,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
     >>> import torch
     >>> from modeling_lmd import LMDConfig, LMDForPreTraining
     >>> model = LMDForPreTraining(LMDConfig.from_preset("lmd-tiny"))
-    >>> out = model(pixel_values=torch.rand(2, 3, 32, 32) * 2 - 1, mask_ratio=0.5)
+    >>> out = model(pixel_values=torch.rand(2, 3, 32, 32) * 2 - 1)  # hides config.mask_ratio of the patches
     >>> out.loss.backward()
     ```
     """
@@ -653,15 +706,15 @@ class LMDForPreTraining(LMDPreTrainedModel):
     def patch_grid(self, latents: torch.Tensor) -> tuple[int, int]:
         return latents.shape[-2] // self.config.patch_size, latents.shape[-1] // self.config.patch_size
 
-    def pixel_mask(self, mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    def pixels_of_patches(self, mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """`(B, L)` patch mask -> `(B, 1, H, W)` pixel mask of its dtype: a latent patch covers `patch_pixels` a side."""
         cell = self.config.patch_pixels
         mask = mask.reshape(-1, 1, image_size[0] // cell, image_size[1] // cell)
         return mask.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
 
-    def patch_mask(self, pixel_mask: torch.Tensor) -> torch.Tensor:
+    def patches_of_pixels(self, pixel_mask: torch.Tensor) -> torch.Tensor:
         """`(B, H, W)` bool pixel mask -> `(B, L)` bool: a patch is hidden if any of its pixels is (the inverse of
-        `pixel_mask` on whole patches)."""
+        `pixels_of_patches` on whole patches)."""
         cell = self.config.patch_pixels
         batch, height, width = pixel_mask.shape
         if height % cell or width % cell:
@@ -673,7 +726,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
                          interpolate_pos_encoding: bool = False) -> torch.Tensor:
         """Latents of the images with their `hidden` `(B, L)` patches painted over in pixel space (the visible mean
         colour), so that no visible latent carries anything of a hidden pixel through the VAE's receptive field."""
-        pixel_mask = self.pixel_mask(hidden.to(pixel_values.dtype), pixel_values.shape[-2:])
+        pixel_mask = self.pixels_of_patches(hidden.to(pixel_values.dtype), pixel_values.shape[-2:])
         return self.lmd.encode_images(paint_hidden_pixels(pixel_values, pixel_mask), interpolate_pos_encoding)
 
     # --- the stages ------------------------------------------------------------------------------------
@@ -712,36 +765,33 @@ class LMDForPreTraining(LMDPreTrainedModel):
         self,
         pixel_values: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
-        patch_mask: torch.Tensor | None = None,
-        mask_ratio: float | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
-        num_visible: int | None = None,
         interpolate_pos_encoding: bool = False,
+        num_visible: int | None = None,
         **kwargs,
     ) -> LMDForPreTrainingOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one.
-            patch_mask, mask_ratio, noise, num_visible: which patches to hide, as in [`LMDModel`]; without any of
-                them, a random `config.mask_ratio` (the Trainer passes the scheduled count every step).
+            bool_masked_pos, noise, num_visible: which patches to hide, as in [`LMDModel`]; without either mask
+                input, a random `config.mask_ratio` of them (the Trainer passes the scheduled mask every step).
             output_attentions, output_hidden_states, interpolate_pos_encoding: as in [`LMDModel`].
         """
-        if patch_mask is None and mask_ratio is None and num_visible is None:
-            mask_ratio = self.config.mask_ratio
+        check_inputs(self.config, pixel_values, latents, interpolate_pos_encoding)
+        reference = pixel_values if latents is None else latents
+        cell = self.config.patch_pixels if latents is None else self.config.patch_size
+        hidden, num_visible = resolve_hidden_patches(
+            reference.shape[0], (reference.shape[-2] // cell) * (reference.shape[-1] // cell), reference.device,
+            bool_masked_pos, noise, num_visible, self.config.mask_ratio)
         target = None
         if self.config.leak_free_training and pixel_values is not None:
             # Hide the patches in pixel space first: the encoder gets the latents of the painted image, the loss
             # compares with the latents of the real one.
             target = self.lmd.encode_images(pixel_values, interpolate_pos_encoding)
-            if patch_mask is None:
-                num_patches = self.patch_grid(target)[0] * self.patch_grid(target)[1]
-                num_visible = num_visible_patches(mask_ratio, num_patches) if num_visible is None else num_visible
-                noise = torch.rand(target.shape[0], num_patches, device=target.device) if noise is None else noise
-                patch_mask = random_patch_mask(noise.to(target.device), num_visible)
-            latents, pixel_values = self.encode_leak_free(pixel_values, patch_mask, interpolate_pos_encoding), None
-        encoded = self.lmd(pixel_values=pixel_values, latents=latents, patch_mask=patch_mask, mask_ratio=mask_ratio,
-                           noise=noise, num_visible=num_visible, interpolate_pos_encoding=interpolate_pos_encoding,
-                           return_dict=True, **kwargs)
+            latents, pixel_values = self.encode_leak_free(pixel_values, hidden, interpolate_pos_encoding), None
+        encoded = self.lmd(pixel_values=pixel_values, latents=latents, bool_masked_pos=hidden, num_visible=num_visible,
+                           interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
         logits = self.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, self.patch_grid(encoded.latents))
         target = encoded.latents if target is None else target.to(encoded.latents.dtype)
         return LMDForPreTrainingOutput(
@@ -836,4 +886,5 @@ __all__ = [
     "paint_hidden_pixels",
     "pool_tokens",
     "random_patch_mask",
+    "resolve_hidden_patches",
 ]

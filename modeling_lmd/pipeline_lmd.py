@@ -234,7 +234,7 @@ class LMDReconstructionPipeline(Pipeline):
             left, top, right, bottom = box
             model_mask = processor.preprocess_mask(photo_mask[top:bottom, left:right], (bottom - top, right - left),
                                                    do_center_crop=False)
-            patch_mask = self.model.patch_mask(torch.from_numpy(model_mask)[None])
+            patch_mask = self.model.patches_of_pixels(torch.from_numpy(model_mask)[None])
             if bool(patch_mask.all()):
                 raise ValueError(no_context_message(box, photo_mask.shape, padding_mask_crop))
             model_inputs["patch_mask"] = patch_mask
@@ -245,7 +245,8 @@ class LMDReconstructionPipeline(Pipeline):
                  reveal_order: str = "random") -> dict[str, torch.Tensor]:
         generators = model_inputs["generator"]  # one per image, a list when batched
         pixel_values = model_inputs["pixel_values"]
-        output = reconstruct(self.model, pixel_values, mask_ratio=mask_ratio, patch_mask=model_inputs.get("patch_mask"),
+        output = reconstruct(self.model, pixel_values, mask_ratio=mask_ratio,
+                             bool_masked_pos=model_inputs.get("patch_mask"),
                              generator=generators if isinstance(generators, list) else [generators],
                              num_inference_steps=num_inference_steps, reveal_order=reveal_order)
         return {**output, "fill": colour_correct(output.decoded, pixel_values.to(output.decoded.dtype),

@@ -3,7 +3,7 @@ fill into the input. The `"lmd-reconstruction"` pipeline, the evaluation and the
 
 The stages, in the order `reconstruct` runs them:
 
-1. `choose_hidden_patches`: a random share (`mask_ratio`) or an explicit `patch_mask`, optionally dilated.
+1. `choose_hidden_patches`: a random share (`mask_ratio`) or an explicit `bool_masked_pos`, optionally dilated.
 2. `LMDForPreTraining.encode_leak_free`: the hidden pixels are painted with the visible mean colour *before* the
    VAE encodes the image, so nothing under the mask reaches the output (the VAE's receptive field and its mid-block
    attention would otherwise carry hidden pixels into visible latents). With latents only, the paper's setting:
@@ -26,7 +26,13 @@ import torch.nn.functional as F
 from transformers.utils import ModelOutput
 
 from .configuration_lmd import REVEAL_ORDERS, check_choice
-from .modeling_lmd import LMDForPreTraining, check_inputs, equal_hidden_count, num_visible_patches, random_patch_mask
+from .modeling_lmd import (
+    LMDForPreTraining,
+    check_input_values,
+    check_inputs,
+    num_visible_patches,
+    random_patch_mask,
+)
 
 
 @dataclass
@@ -69,17 +75,18 @@ def uniform_noise(batch: int, length: int, generator, device) -> torch.Tensor:
 
 
 def choose_hidden_patches(model: LMDForPreTraining, batch: int, grid: tuple[int, int], mask_ratio: float | None,
-                          patch_mask: torch.Tensor | None, generator, device) -> torch.Tensor:
-    """`(B, L)` bool, True = hidden: `patch_mask` as given, or a random `mask_ratio` share (default
+                          bool_masked_pos: torch.Tensor | None, generator, device) -> torch.Tensor:
+    """`(B, L)` bool, True = hidden: `bool_masked_pos` as given, or a random `mask_ratio` share (default
     `config.mask_ratio`) drawn from `generator` (the first draw; the reveal order comes next)."""
     num_patches = grid[0] * grid[1]
-    if patch_mask is None:
+    if bool_masked_pos is None:
         ratio = model.config.mask_ratio if mask_ratio is None else float(mask_ratio)
         noise = uniform_noise(batch, num_patches, generator, device)
         return random_patch_mask(noise, num_visible_patches(ratio, num_patches))
-    if tuple(patch_mask.shape) != (batch, num_patches):
-        raise ValueError(f"Expected patch_mask of shape ({batch}, {num_patches}), got {tuple(patch_mask.shape)}.")
-    hidden = patch_mask.to(device).bool()
+    if tuple(bool_masked_pos.shape) != (batch, num_patches):
+        raise ValueError(f"Expected bool_masked_pos of shape ({batch}, {num_patches}), got "
+                         f"{tuple(bool_masked_pos.shape)}.")
+    hidden = bool_masked_pos.to(device).bool()
     if bool(hidden.all(dim=1).any()):
         cell = model.config.patch_pixels
         raise ValueError(f"The mask touches every latent patch of an image, so nothing of it would stay visible; leave "
@@ -99,15 +106,17 @@ def dilate(hidden: torch.Tensor, grid: tuple[int, int], rings: int) -> torch.Ten
 # --- the sampler -----------------------------------------------------------------------------------------------
 
 
-def predict_hidden(model: LMDForPreTraining, latents: torch.Tensor, hidden: torch.Tensor,
+def predict_hidden(model: LMDForPreTraining, latents: torch.Tensor, hidden: torch.Tensor, num_visible: int,
                    interpolate_pos_encoding: bool = False) -> torch.Tensor:
-    """One pass: latents `(B, C, h, w)` with `hidden` `(B, L)` -> predicted patches `(B, L, p*p*C)` in latent units.
+    """One pass: latents `(B, C, h, w)` with `hidden` `(B, L)` (`num_visible` patches visible in every image) ->
+    predicted patches `(B, L, p*p*C)` in latent units.
 
     With `norm_latent_loss` the model predicts each patch's shape, not its level or scale; those are taken from what
     the encoder saw, the mean and standard deviation of the image's *visible* patches (never the hidden patches' own
     statistics, which would leak the answer).
     """
-    encoded = model.lmd(latents=latents, patch_mask=hidden, interpolate_pos_encoding=interpolate_pos_encoding)
+    encoded = model.lmd(latents=latents, bool_masked_pos=hidden, num_visible=num_visible,
+                        interpolate_pos_encoding=interpolate_pos_encoding)
     predictions = model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, model.patch_grid(latents))
     if not model.config.norm_latent_loss:
         return predictions
@@ -164,7 +173,7 @@ def fill_hidden_latents(
                                 per_image[i] if per_image[i] is None else [per_image[i]], interpolate_pos_encoding)
             for i in range(latents.shape[0])
         ])
-    num_hidden = equal_hidden_count(hidden)
+    num_hidden = int(counts[0])
     if num_hidden == 0:
         return latents
     grid = model.patch_grid(latents)
@@ -176,17 +185,18 @@ def fill_hidden_latents(
         cols = torch.arange(grid[1], device=latents.device).repeat(grid[0])
         distances = torch.cdist(torch.stack([rows, cols], dim=1).float(), torch.stack([rows, cols], dim=1).float())
     for remaining in remaining_hidden_counts(num_hidden, num_inference_steps):
-        predicted = predict_hidden(model, model.unpatchify(patches, grid), hidden, interpolate_pos_encoding)
+        predicted = predict_hidden(model, model.unpatchify(patches, grid), hidden, hidden.shape[1] - num_hidden,
+                                   interpolate_pos_encoding)
         priority = tie_break
         if reveal_order == "nearest":
             # Distance of every patch to its nearest visible patch, plus a tie-break below one cell.
             to_visible = distances.masked_fill(hidden[:, None, :], float("inf")).amin(dim=-1)  # (B, L)
             priority = to_visible + 0.5 * tie_break
         priority = priority.masked_fill(~hidden, float("inf"))
-        num_reveal = int(hidden[0].sum()) - remaining
-        reveal = torch.zeros_like(hidden).scatter(1, priority.topk(num_reveal, dim=1, largest=False).indices, True)
+        reveal = torch.zeros_like(hidden).scatter(
+            1, priority.topk(num_hidden - remaining, dim=1, largest=False).indices, True)
         patches = torch.where(reveal.unsqueeze(-1), predicted.to(patches.dtype), patches)
-        hidden = hidden & ~reveal
+        hidden, num_hidden = hidden & ~reveal, remaining
     return model.unpatchify(patches, grid)
 
 
@@ -229,7 +239,7 @@ def reconstruct(
     latents: torch.Tensor | None = None,
     *,
     mask_ratio: float | None = None,
-    patch_mask: torch.Tensor | None = None,
+    bool_masked_pos: torch.Tensor | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     num_inference_steps: int = 1,
     reveal_order: str = "random",
@@ -245,7 +255,7 @@ def reconstruct(
         pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one. Pixels are encoded
             leak-free and the output keeps their visible pixels; latents give the paper's setting.
         mask_ratio: share of random patches to hide (default `config.mask_ratio`), drawn from `generator`.
-        patch_mask (`(B, L)` bool, True = hide): an explicit mask (inpainting) instead of a random one.
+        bool_masked_pos (`(B, L)` bool, True = hide): an explicit mask (inpainting) instead of a random one.
         generator: a `torch.Generator`, or a list of one per image (each image's draws then do not depend on the
             batch it is in); it draws the random mask, then the reveal order.
         num_inference_steps, reveal_order: progressive un-masking (`fill_hidden_latents`); 1 = one shot.
@@ -258,10 +268,14 @@ def reconstruct(
     """
     config = model.config
     check_inputs(config, pixel_values, latents, interpolate_pos_encoding)
+    # The door of inference: values are checked here, never inside the model's forward (a host sync).
+    check_input_values(*(("pixel_values", pixel_values) if latents is None else ("latents", latents)),
+                       pixel_range=latents is None)
     images = pixel_values if pixel_values is not None else latents
     unit = config.patch_pixels if pixel_values is not None else config.patch_size
     grid = (images.shape[-2] // unit, images.shape[-1] // unit)
-    hidden = choose_hidden_patches(model, images.shape[0], grid, mask_ratio, patch_mask, generator, model.device)
+    hidden = choose_hidden_patches(model, images.shape[0], grid, mask_ratio, bool_masked_pos, generator,
+                                   model.device)
     if pixel_values is not None:
         pixel_values = pixel_values.to(device=model.device, dtype=model.lmd.vae.dtype)
         latents = model.encode_leak_free(pixel_values, hidden, interpolate_pos_encoding)
@@ -271,7 +285,7 @@ def reconstruct(
                                     reveal_order, generator, interpolate_pos_encoding)
     decoded = model.lmd.decode_latents(composite).clamp(-1, 1)
     mask = hidden.to(decoded.dtype)
-    pixel_mask = model.pixel_mask(mask, decoded.shape[-2:])
+    pixel_mask = model.pixels_of_patches(mask, decoded.shape[-2:])
     if pixel_values is None:
         return LMDReconstructionOutput(reconstruction=decoded, decoded=decoded, mask=mask, pixel_mask=pixel_mask,
                                        latents=composite)

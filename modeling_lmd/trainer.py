@@ -32,11 +32,12 @@ from dataclasses import dataclass, field
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import sort_checkpoints
 
 from .data import derive_seed
 from .mask_schedulers import mask_ratio_at
 from .metrics import METRIC_NAMES, reconstruction_metrics, summarize_reconstruction_metrics
-from .modeling_lmd import check_input_values, num_visible_patches
+from .modeling_lmd import check_input_values, num_visible_patches, random_patch_mask
 from .pipeline_lmd import LMDReconstructionPipeline
 from .run_folder import RUN_SETTINGS_FILE
 
@@ -190,9 +191,10 @@ class LMDTrainer(Trainer):
         return torch.rand(batch_size, self.lmd_model.config.num_patches, generator=generator, device=device)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The training loss at the scheduled ratio. The model gets the number of visible patches as an int (never
-        the ratio, a float that torch.compile would specialise on, one graph per value) and noise drawn on the
-        device; evaluation goes through `prediction_step`."""
+        """The training loss at the scheduled ratio. The trainer makes the step's mask on the training device
+        (`bool_masked_pos`, from `_training_noise`'s seeded noise) and gives the model the number of visible patches
+        as an int (never the ratio, a float that torch.compile would specialise on, one graph per value), so the
+        model needs no host sync; evaluation goes through `prediction_step`."""
         inputs = dict(inputs)
         if "latents" in inputs:
             inputs.pop("pixel_values", None)  # cached latents win; pixels only serve evaluation metrics
@@ -203,8 +205,10 @@ class LMDTrainer(Trainer):
                     check_input_values(name, inputs[name], pixel_range=name == "pixel_values")
         self._last_train_mask_ratio = self.scheduled_mask_ratio()
         reference = inputs.get("latents", inputs.get("pixel_values"))
-        inputs.setdefault("noise", self._training_noise(reference.shape[0], reference.device))
-        inputs["num_visible"] = num_visible_patches(self._last_train_mask_ratio, self.lmd_model.config.num_patches)
+        num_visible = num_visible_patches(self._last_train_mask_ratio, self.lmd_model.config.num_patches)
+        inputs["bool_masked_pos"] = random_patch_mask(self._training_noise(reference.shape[0], reference.device),
+                                                      num_visible)
+        inputs["num_visible"] = num_visible
         outputs = model(**inputs)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs[0]
         return (loss, outputs) if return_outputs else loss
@@ -332,15 +336,11 @@ def check_checkpoint(folder: str) -> None:
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` folder that passes `check_checkpoint`, skipping (with a warning) any that a kill or
-    a damaged disk cut short. The Trainer writes a checkpoint's weights, optimizer, scheduler and RNG states first and
-    `trainer_state.json` last, and deletes older checkpoints only after that, so a kill leaves the previous
-    checkpoint complete."""
-    import glob
-    import re
-
-    folders = [f for f in glob.glob(os.path.join(output_dir, "checkpoint-*")) if re.search(r"checkpoint-\d+$", f)]
-    for folder in sorted(folders, key=lambda f: int(f.rsplit("-", 1)[1]), reverse=True):
+    """The newest `checkpoint-N` folder (as transformers' `sort_checkpoints` orders them) that passes
+    `check_checkpoint`, skipping (with a warning) any that a kill or a damaged disk cut short. The Trainer writes a
+    checkpoint's weights, optimizer, scheduler and RNG states first and `trainer_state.json` last, and deletes older
+    checkpoints only after that, so a kill leaves the previous checkpoint complete."""
+    for folder in reversed(sort_checkpoints(output_dir)):
         try:
             check_checkpoint(folder)
         except Exception as error:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable

@@ -107,7 +107,11 @@ def shift_factor(vae: nn.Module) -> float:
 
 @torch.no_grad()
 def vae_encode(vae: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Pixels in [-1, 1] `(B, 3, H, W)` -> unit-scaled latents `(B, C, h, w)`."""
+    """Pixels in [-1, 1] `(B, 3, H, W)` -> unit-scaled latents `(B, C, h, w)`.
+
+    diffusers' `retrieve_latents(..., sample_mode="argmax")` does the KL / Tiny part, but it lives in its pipeline
+    modules, whose import pulls in every pipeline (many seconds, and warnings about processors); these lines are its
+    rule, plus the VQ quantization it leaves out."""
     pixel_values = pixel_values.to(device=vae.device, dtype=vae.dtype)
     if isinstance(vae, diffusers.VQModel):
         latents, _, _ = vae.quantize(vae.encode(pixel_values).latents)

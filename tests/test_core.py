@@ -146,7 +146,7 @@ def test_each_sample_keeps_exactly_int_L_times_one_minus_r_visible(tiny_model, r
     num_patches = tiny_model.config.num_patches
     expected_visible = max(1, int(num_patches * (1 - ratio)))
     noise = torch.rand(3, num_patches, generator=torch.Generator().manual_seed(1))
-    out = tiny_model.lmd(pixel_values=random_images(3), mask_ratio=ratio, noise=noise)
+    out = tiny_model.lmd(pixel_values=random_images(3), noise=noise, num_visible=num_visible_patches(ratio, 16))
     assert out.mask.shape == (3, num_patches)
     assert ((1 - out.mask).sum(dim=1) == expected_visible).all()
     assert out.last_hidden_state.shape == (3, 1 + expected_visible, tiny_model.config.hidden_size)
@@ -158,23 +158,23 @@ def test_each_sample_keeps_exactly_int_L_times_one_minus_r_visible(tiny_model, r
 
 
 def test_samples_share_the_ratio_but_hide_different_patches(tiny_model):
-    out = tiny_model(pixel_values=random_images(4), mask_ratio=0.5)
+    out = tiny_model(pixel_values=random_images(4), num_visible=8)
     assert len({tuple(row.tolist()) for row in out.mask}) > 1
 
 
-def test_same_noise_gives_same_loss_and_mask_ratio_overrides_the_config(tiny_model):
+def test_same_noise_gives_same_loss_and_num_visible_overrides_the_config(tiny_model):
     images = random_images(2)
     noise = torch.rand(2, tiny_model.config.num_patches)
     first = tiny_model(pixel_values=images, noise=noise)
     second = tiny_model(pixel_values=images, noise=noise)
     assert tiny_model.config.mask_ratio == 0.75 and first.mask.sum() == 2 * 12
     assert torch.equal(first.loss, second.loss) and torch.equal(first.mask, second.mask)
-    assert tiny_model(pixel_values=images, noise=noise, mask_ratio=0.25).mask.sum() == 2 * 4
+    assert tiny_model(pixel_values=images, noise=noise, num_visible=12).mask.sum() == 2 * 4
 
 
 def test_loss_is_mse_over_masked_patches_only(tiny_model):
     images = random_images(2)
-    out = tiny_model(pixel_values=images, mask_ratio=0.5)
+    out = tiny_model(pixel_values=images, num_visible=8)
     target = tiny_model.patchify(out.latents)
     per_patch = ((out.logits - target) ** 2).mean(-1)
     assert torch.allclose(out.loss, per_patch[out.mask.bool()].mean())
@@ -182,7 +182,7 @@ def test_loss_is_mse_over_masked_patches_only(tiny_model):
 
 
 def test_per_sample_loss_averages_to_the_batch_loss_with_equal_counts(tiny_model):
-    out = tiny_model(pixel_values=random_images(3), mask_ratio=0.5)
+    out = tiny_model(pixel_values=random_images(3), num_visible=8)
     per_sample = tiny_model.forward_loss(out.latents, out.logits, out.mask, per_sample=True)
     assert per_sample.shape == (3,) and torch.allclose(per_sample.mean(), out.loss)
 
@@ -190,7 +190,7 @@ def test_per_sample_loss_averages_to_the_batch_loss_with_equal_counts(tiny_model
 def test_normalised_target_loss(tiny_config):
     tiny_config.norm_latent_loss = True
     model = LMDForPreTraining(tiny_config)
-    out = model(pixel_values=random_images(2), mask_ratio=0.5)
+    out = model(pixel_values=random_images(2), num_visible=8)
     target = model.patchify(out.latents)
     target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
     expected = ((out.logits - target) ** 2).mean(-1)[out.mask.bool()].mean()
@@ -250,7 +250,7 @@ def test_tiny_model_overfits_while_the_vae_stays_frozen(tiny_model):
     tiny_model.train()
     losses = []
     for _ in range(60):
-        loss = tiny_model(pixel_values=images, mask_ratio=0.5).loss
+        loss = tiny_model(pixel_values=images, num_visible=8).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -266,9 +266,9 @@ def test_reconstruct_from_latents_keeps_visible_latents_and_fills_hidden_ones(ti
     latents = tiny_model.lmd.encode_images(random_images(2))
     noise = torch.rand(2, 16, generator=torch.Generator().manual_seed(0))
     patch_mask = random_patch_mask(noise, num_visible_patches(0.5, 16))
-    out = reconstruct(tiny_model, latents=latents, patch_mask=patch_mask)
+    out = reconstruct(tiny_model, latents=latents, bool_masked_pos=patch_mask)
     assert out.reconstruction.shape == (2, 3, 32, 32) and out.reconstruction.abs().max() <= 1
-    assert torch.equal(out.mask, tiny_model(latents=latents, mask_ratio=0.5, noise=noise).mask)
+    assert torch.equal(out.mask, tiny_model(latents=latents, num_visible=8, noise=noise).mask)
     visible = ~out.mask.bool()
     assert torch.equal(tiny_model.patchify(out.latents)[visible], tiny_model.patchify(latents)[visible])
     assert not torch.allclose(tiny_model.patchify(out.latents)[~visible], tiny_model.patchify(latents)[~visible])
@@ -290,13 +290,13 @@ def test_reconstruct_with_explicit_patch_masks_of_different_sizes(tiny_model):
     patch_mask[0, [0, 5, 15]] = True
     patch_mask[1, 3] = True
     images = random_images(2)
-    together = reconstruct(tiny_model, images, patch_mask=patch_mask)
+    together = reconstruct(tiny_model, images, bool_masked_pos=patch_mask)
     assert torch.equal(together.mask.bool(), patch_mask)
     for i in range(2):  # batched inpainting with unequal hidden counts equals one image at a time
-        alone = reconstruct(tiny_model, images[i : i + 1], patch_mask=patch_mask[i : i + 1])
+        alone = reconstruct(tiny_model, images[i : i + 1], bool_masked_pos=patch_mask[i : i + 1])
         torch.testing.assert_close(together.reconstruction[i : i + 1], alone.reconstruction, rtol=0, atol=1e-5)
     with pytest.raises(ValueError, match="touches every latent patch"):
-        reconstruct(tiny_model, images[:1], patch_mask=torch.ones(1, 16, dtype=torch.bool))
+        reconstruct(tiny_model, images[:1], bool_masked_pos=torch.ones(1, 16, dtype=torch.bool))
 
 
 # --- the base model, attention, other resolutions --------------------------------------------------
@@ -308,7 +308,7 @@ def test_base_model_encodes_every_patch_unless_asked_to_mask(tiny_model):
     out = base(pixel_values=images)
     assert out.last_hidden_state.shape == (2, 17, 32) and not out.mask.any()
     assert torch.equal(out.ids_restore, torch.arange(16).expand(2, -1))
-    masked = base(pixel_values=images, mask_ratio=0.75)
+    masked = base(pixel_values=images, num_visible=4)
     assert masked.last_hidden_state.shape == (2, 5, 32) and masked.mask.sum() == 24
     assert base(pixel_values=images, noise=torch.rand(2, 16)).mask.sum() == 24  # noise alone: config.mask_ratio
     features = base.get_image_features(pixel_values=images)
@@ -332,7 +332,7 @@ def test_eager_and_sdpa_attention_agree_and_eager_returns_the_weights(tiny_check
 def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_checkpoint):
     images = random_images(2, size=64)
     pretraining = LMDForPreTraining.from_pretrained(tiny_checkpoint)
-    out = pretraining(pixel_values=images, mask_ratio=0.5, interpolate_pos_encoding=True)
+    out = pretraining(pixel_values=images, num_visible=32, interpolate_pos_encoding=True)
     assert out.logits.shape == (2, 64, 16) and out.mask.sum() == 64 and torch.isfinite(out.loss)
     rec = reconstruct(pretraining, images, mask_ratio=0.5, interpolate_pos_encoding=True)
     assert rec.reconstruction.shape == (2, 3, 64, 64) and rec.pixel_mask.shape == (2, 1, 64, 64)
@@ -361,11 +361,13 @@ def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_ch
         ({}, "exactly one of"),
         ({"pixel_values": torch.zeros(1, 3, 32, 32), "latents": torch.zeros(1, 4, 8, 8)}, "exactly one of"),
         ({"latents": torch.zeros(2, 4, 8, 8), "noise": torch.zeros(2, 15)}, r"Expected noise of shape \(2, 16\), got \(2, 15\)"),
-        ({"latents": torch.zeros(2, 4, 8, 8), "mask_ratio": 1.0}, r"mask_ratio must be in \[0, 1\), got 1.0"),
+        ({"latents": torch.zeros(2, 4, 8, 8), "bool_masked_pos": torch.zeros(2, 15, dtype=torch.bool)},
+         r"Expected bool_masked_pos of shape \(2, 16\), got \(2, 15\)"),
+        ({"latents": torch.zeros(2, 4, 8, 8), "mask_ratio": 0.5}, r"The masking input is `bool_masked_pos`"),
     ],
 )
 def test_wrong_inputs_raise_naming_expected_and_received(tiny_model, kwargs, message):
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises((ValueError, TypeError), match=message):
         tiny_model(**kwargs)
 
 

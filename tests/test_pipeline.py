@@ -181,7 +181,7 @@ def test_inpainting_hides_exactly_the_touched_patches(pipe, tiny_model):
 
     # The composited latents keep the (painted) image's latents where nothing was hidden; the model fills the rest.
     inputs = pipe.preprocess(image, mask=mask, **whole)
-    result = reconstruct(tiny_model, inputs["pixel_values"], patch_mask=inputs["patch_mask"])
+    result = reconstruct(tiny_model, inputs["pixel_values"], bool_masked_pos=inputs["patch_mask"])
     painted = paint_hidden_pixels(inputs["pixel_values"], result.pixel_mask)
     latents = tiny_model.lmd.encode_images(painted)
     visible = ~torch.from_numpy(expected).repeat_interleave(2, 0).repeat_interleave(2, 1)

@@ -28,7 +28,7 @@ def test_hidden_input_pixels_never_reach_the_output(tiny_model, steps, dilation)
     patch_mask = torch.zeros(2, 16, dtype=torch.bool)
     patch_mask[0, [1, 2, 6]] = True
     patch_mask[1, [9, 10, 13, 14]] = True
-    kwargs = dict(patch_mask=patch_mask, num_inference_steps=steps, mask_dilation=dilation)
+    kwargs = dict(bool_masked_pos=patch_mask, num_inference_steps=steps, mask_dilation=dilation)
     first = reconstruct(tiny_model, images, generator=torch.Generator().manual_seed(0), **kwargs)
     changed = scramble_hidden(images, first.pixel_mask)
     assert not torch.equal(changed, images)
@@ -92,12 +92,12 @@ def test_one_step_equals_the_one_shot_prediction(tiny_model):
     hidden = torch.zeros(2, 16, dtype=torch.bool)
     hidden[:, [0, 3, 5, 8, 12]] = True
     filled = fill_hidden_latents(tiny_model, latents, hidden, num_inference_steps=1)
-    predicted = predict_hidden(tiny_model, latents, hidden)
+    predicted = predict_hidden(tiny_model, latents, hidden, num_visible=11)
     patches = tiny_model.patchify(latents)
     expected = torch.where(hidden.unsqueeze(-1), predicted, patches)
     assert torch.equal(tiny_model.patchify(filled), expected)
     # And it is what one forward pass with those patches hidden predicts.
-    logits = tiny_model(latents=latents, patch_mask=hidden).logits
+    logits = tiny_model(latents=latents, bool_masked_pos=hidden).logits
     torch.testing.assert_close(predicted[hidden], logits[hidden], rtol=0, atol=1e-5)
 
 
@@ -144,9 +144,9 @@ def test_leak_free_training_never_sees_the_hidden_pixels_but_learns_the_real_lat
     torch.manual_seed(0)
     model = LMDForPreTraining(tiny_config)
     images, noise = random_images(2), torch.rand(2, 16)
-    first = model(pixel_values=images, noise=noise, mask_ratio=0.5)
-    changed = scramble_hidden(images, model.pixel_mask(first.mask, (32, 32)))
-    second = model(pixel_values=changed, noise=noise, mask_ratio=0.5)
+    first = model(pixel_values=images, noise=noise, num_visible=8)
+    changed = scramble_hidden(images, model.pixels_of_patches(first.mask, (32, 32)))
+    second = model(pixel_values=changed, noise=noise, num_visible=8)
     assert torch.equal(first.logits, second.logits)  # the encoder input hides those pixels
     assert torch.equal(first.latents, model.lmd.encode_images(images))  # the target is the real image's latents
     assert first.loss != second.loss
@@ -158,10 +158,10 @@ def test_visible_loss_weight_adds_the_visible_patches_mean(tiny_config):
     torch.manual_seed(0)
     model = LMDForPreTraining(tiny_config)
     latents, noise = torch.randn(2, 4, 8, 8), torch.rand(2, 16)
-    hidden_only = model(latents=latents, noise=noise, mask_ratio=0.5)
+    hidden_only = model(latents=latents, noise=noise, num_visible=8)
     per_patch = ((hidden_only.logits - model.patchify(latents)) ** 2).mean(-1)
     model.config.visible_loss_weight = 0.5
-    both = model(latents=latents, noise=noise, mask_ratio=0.5).loss
+    both = model(latents=latents, noise=noise, num_visible=8).loss
     mask = hidden_only.mask.bool()
     torch.testing.assert_close(both, per_patch[mask].mean() + 0.5 * per_patch[~mask].mean())
 

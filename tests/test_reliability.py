@@ -343,8 +343,9 @@ def test_pixels_outside_minus_one_one_integers_and_nan_are_refused(tiny_model):
     images = torch.rand(2, 3, 32, 32) * 2 - 1
     with pytest.raises(ValueError, match=r"images must be in \[-1, 1\]; use LMDImageProcessor.*uint8"):
         tiny_model(pixel_values=(images * 127 + 128).to(torch.uint8))
+    # Values at the door (reconstruct, the pipeline, the Trainer's first batches), never in the forward: a host sync.
     with pytest.raises(ValueError, match=r"images must be in \[-1, 1\]; use LMDImageProcessor.*\[0, 255\]"):
-        tiny_model(pixel_values=torch.full((1, 3, 32, 32), 255.0).index_fill_(2, torch.tensor([0]), 0.0))
+        reconstruct(tiny_model, torch.full((1, 3, 32, 32), 255.0).index_fill_(2, torch.tensor([0]), 0.0))
     poisoned = images.clone()
     poisoned[0, 0, 0, :3] = float("nan")
     with pytest.raises(ValueError, match="holds 3 non-finite value"):

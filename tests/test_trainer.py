@@ -190,7 +190,7 @@ def test_evaluation_runs_through_the_trainer_loop_with_per_sample_masks(tmp_path
     batch = collate_fn([eval_set[i] for i in range(5)])
     noise = mask_noise(batch["mask_seed"], 16, "cpu")
     with torch.no_grad():
-        per_image = [model(pixel_values=batch["pixel_values"][i : i + 1], mask_ratio=0.5, noise=noise[i : i + 1]).loss
+        per_image = [model(pixel_values=batch["pixel_values"][i : i + 1], num_visible=8, noise=noise[i : i + 1]).loss
                      for i in range(5)]
     assert first["eval_loss"] == pytest.approx(float(torch.stack(per_image).mean()), abs=1e-6)
     # The references beside the model: the VAE alone beats the mean-colour fill on real pixels.
