@@ -53,11 +53,13 @@ setup(
         "eval": ["opencv-python-headless", "scikit-image"],
         # Sources of the offline demo photographs (they ship inside these packages), and the main job's references.
         "demo": ["scikit-image", "scikit-learn", "matplotlib", "opencv-python-headless"],
+        # LoRA fine-tuning in examples/finetune_classification.py (--lora_r).
+        "peft": ["peft"],
         # The Gradio demo app (app.py); its example photos come from scikit-image.
         "app": ["gradio>=6", "scikit-image"],
         # gradio and playwright for tests/test_app.py; the browser test uses the system Chromium (Debian's
         # `chromium` package), never a browser downloaded by `playwright install`.
         "test": ["pytest", "scikit-image", "scikit-learn", "matplotlib", "opencv-python-headless", "tensorboard",
-                 "gradio>=6", "playwright"],
+                 "gradio>=6", "playwright", "peft"],
     },
 )

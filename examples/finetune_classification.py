@@ -18,6 +18,10 @@ from the shipped demo checkpoint (`modeling_lmd/pretrained/demo-lmd`, the defaul
         --output_dir runs/digits-clf --do_train --do_eval --max_steps 150 --per_device_train_batch_size 64 \
         --learning_rate 1e-3
 
+With `--lora_r 8`, PEFT's LoRA adapts the attention's `query` and `value` projections (ViT's names, PEFT's defaults)
+and trains the new head whole; the output folder holds the adapter, which loads back with
+`PeftModel.from_pretrained(LMDForImageClassification.from_pretrained(checkpoint, num_labels=...), output_dir)`.
+
 On a GPU, a Hub dataset and a Hub LMD checkpoint, published on the Hub at the end:
 
     python examples/finetune_classification.py --dataset_name beans --label_column_name labels \
@@ -62,6 +66,15 @@ class ModelArguments:
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={"help": "Start a new head when the checkpoint already has one for another number of labels."},
+    )
+    lora_r: int = field(
+        default=0, metadata={"help": "Fine-tune with PEFT's LoRA of this rank instead of every encoder weight (0: off). "
+                             "The output folder then holds the adapter (and the new head)."},
+    )
+    lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling (alpha / r)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
+    lora_target_modules: str = field(
+        default="query,value", metadata={"help": "Comma-separated module names LoRA adapts (ViT's attention names)."},
     )
 
 
@@ -149,6 +162,16 @@ def build_model(model_args, class_names: list[str]) -> LMDForImageClassification
     # A pre-training checkpoint's config declares its reconstruction pipeline; this classifier is not one.
     if getattr(model.config, "custom_pipelines", None):
         del model.config.custom_pipelines
+    if model_args.lora_r > 0:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                          target_modules=model_args.lora_target_modules.split(","),
+                          modules_to_save=["fc_norm", "classifier"])  # the new head trains whole
+        model = get_peft_model(model, lora)
+    trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
+                        sum(p.numel() for p in model.parameters()))
+    logger.warning(f"Trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f} %)")
     return model
 
 

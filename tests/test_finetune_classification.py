@@ -220,3 +220,33 @@ def test_the_readme_classifier_line_runs_as_written(example, tiny_checkpoint, im
     result = run_python(["-c", "from PIL import Image\nfrom transformers import pipeline\n"
                          f"classify = {line}\nprint(classify(Image.new('RGB', (20, 20)))[0]['label'])"], cwd=tmp_path)
     assert result.stdout.strip().splitlines()[-1] in CLASSES
+
+
+def test_lora_fine_tunes_the_shipped_checkpoint_and_its_adapter_loads_back(example, image_folder, tmp_path, caplog):
+    from peft import PeftModel
+
+    from modeling_lmd import LMDForImageClassification
+
+    output_dir = tmp_path / "lora"
+    with caplog.at_level("WARNING"):
+        example.main(["--model_name_or_path", DEMO_LMD, "--train_dir", str(image_folder / "train"),
+                      "--validation_dir", str(image_folder / "validation"), "--output_dir", str(output_dir),
+                      "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "6",
+                      "--learning_rate", "1e-2", "--lora_r", "8", *QUIET])
+    counts = re.search(r"Trainable parameters: ([\d,]+) of ([\d,]+)", caplog.text)
+    trainable, total = (int(group.replace(",", "")) for group in counts.groups())
+    assert 0 < trainable < 0.1 * total  # the adapter and the head, not the encoder
+    adapter = json.loads((output_dir / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"query", "value"}
+    weights = load_file(output_dir / "adapter_model.safetensors")
+    assert any(".attention.attention.query.lora_A" in name for name in weights)
+    assert not any(".vae." in name for name in weights)
+
+    base = LMDForImageClassification.from_pretrained(DEMO_LMD, num_labels=3)
+    loaded = PeftModel.from_pretrained(base, output_dir).eval()
+    image = torch.rand(1, 3, 64, 64) * 2 - 1
+    logits = loaded(pixel_values=image).logits
+    merged = loaded.merge_and_unload()
+    torch.testing.assert_close(merged(pixel_values=image).logits, logits, rtol=0, atol=1e-5)
+    assert not torch.equal(logits, LMDForImageClassification.from_pretrained(DEMO_LMD, num_labels=3)(
+        pixel_values=image).logits)
