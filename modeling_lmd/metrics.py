@@ -1,4 +1,4 @@
-"""How well LMD fills hidden regions, next to the references a sceptic asks for.
+"""How well LMD fills hidden regions, next to its references: the floor, classical inpainting and the ceiling.
 
 `reconstruction_metrics` scores a batch on fixed masks, one value per image, pixel space ([0, 1]), hidden region,
 through the calls a user makes (`reconstruct` once per setting, the references' own functions):
@@ -10,7 +10,7 @@ through the calls a user makes (`reconstruct` once per setting, the references' 
   this flatters);
 - `pixel_mean_fill_psnr`: hidden pixels painted with the mean colour of the visible ones (the floor);
 - `latent_mean_fill_psnr`: hidden latent patches set to the mean visible latent, decoded;
-- `telea_psnr`, `navier_stokes_psnr`, `biharmonic_psnr`: classical inpainting, what a sceptic tries first: OpenCV's
+- `telea_psnr`, `navier_stokes_psnr`, `biharmonic_psnr`: classical inpainting, one line and no training: OpenCV's
   `cv2.inpaint` (Telea; Navier-Stokes), radius 3, and scikit-image's `inpaint_biharmonic`, each on the uint8 image
   with the hidden pixels as its mask (the `eval` extra; `nan` without it);
 - `vae_psnr`: the VAE's own reconstruction (the ceiling: the model decodes through the same VAE);

@@ -486,18 +486,17 @@ class LMDPreTrainedModel(PreTrainedModel):
         else:
             vae_type, vae_config = type(vae).__name__, dict(vae.config)
         check_choice("vae_type", vae_type, tuple(VAE_CLASSES))
-        if is_path:
-            vae_fields = {"vae_type": vae_type, "vae_config": vae_config, **vae_reference(vae, subfolder)}
-            vae = load_pretrained_vae(os.fspath(vae), subfolder=subfolder)
-        else:
-            vae_fields = {"vae_type": vae_type, "vae_config": vae_config}
-        vae_fields["vae_sha256"] = vae_weights_sha256(vae)
+        vae_fields = {"vae_type": vae_type, "vae_config": vae_config, **(vae_reference(vae, subfolder) if is_path else {})}
         if config is not None:
             config = LMDConfig.from_dict({**config.to_dict(), **vae_fields, **config_kwargs})
         else:
             preset = config_kwargs.pop("preset", None)
             config_kwargs = {**vae_fields, **config_kwargs}
             config = LMDConfig.from_preset(preset, **config_kwargs) if preset else LMDConfig(**config_kwargs)
+        # The config is settled (and a preset that does not fit refused) before any weight is read.
+        if is_path:
+            vae = load_pretrained_vae(os.fspath(vae), subfolder=subfolder)
+        config.vae_sha256 = vae_weights_sha256(vae)
         model = cls(config)
         # Copy after construction: `post_init` would otherwise re-initialise the VAE's weights.
         model.base_model.vae.load_state_dict(vae.state_dict())
@@ -808,7 +807,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
 def paint_hidden_pixels(pixel_values: torch.Tensor, pixel_mask: torch.Tensor) -> torch.Tensor:
     """Hidden pixels (mask 1) painted with the mean colour of the image's visible pixels; `(B, 3, H, W)`.
 
-    This is both the trivial baseline a sceptic tries first and what leak-free encoding feeds the VAE, so that
+    This is both the floor every fill is compared with and what leak-free encoding feeds the VAE, so that
     nothing under the mask can reach the output. An image with no visible pixel gets mid-grey (0).
     """
     visible = 1.0 - pixel_mask.to(pixel_values.dtype)  # (B, 1, H, W)

@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 NO_DECAY_NAMES = ("cls_token", "mask_token")
 
 #: Graphs torch.compile builds for a whole mask schedule: the first visible count compiles static, the next change
-#: makes dynamo mark the count dynamic (it reaches the model as an int, never as the float ratio). Tested.
+#: makes dynamo mark the count dynamic (it reaches the model as an int, never as the float ratio).
 COMPILED_GRAPHS_BOUND = 2
 
 #: Training checks the values of its first batches (range, finiteness: a host sync), not every step.

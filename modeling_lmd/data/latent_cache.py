@@ -142,7 +142,6 @@ def cache_latents(
     """
     from accelerate import PartialState
     from filelock import FileLock
-    from tqdm.auto import tqdm
 
     if num_views < 1:
         raise ValueError(f"num_views must be >= 1, got {num_views}.")
@@ -150,14 +149,12 @@ def cache_latents(
         raise ValueError(f"dtype must be one of {', '.join(CACHE_DTYPES)}, got {dtype!r}.")
     state = PartialState()
     model = model.base_model  # the LMDModel that holds the VAE
-    config = model.config
     fingerprint = content_fingerprint or scan_images(dataset, image_column, decode="header").fingerprint
     key = latent_cache_key(
-        vae_identity(model.vae), config.image_size, fingerprint, num_views, seed,
+        vae_identity(model.vae), model.config.image_size, fingerprint, num_views, seed,
         transform.describe() if hasattr(transform, "describe") else repr(transform), dtype,
     )
     path = os.path.join(cache_dir, key)
-    staging = path + ".partial"
     os.makedirs(cache_dir, exist_ok=True)
     lock = FileLock(path + ".lock")
     if state.is_main_process:
@@ -166,44 +163,9 @@ def cache_latents(
         state.wait_for_everyone()
         reused = os.path.isfile(os.path.join(path, "cache_info.json"))
         if not reused:
-            if state.is_main_process:  # leftovers of a killed build (this key is ours while we hold the lock)
-                shutil.rmtree(staging, ignore_errors=True)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)  # a folder without cache_info.json was never a finished cache
-                os.makedirs(staging)
-            state.wait_for_everyone()
-            per_process = math.ceil(len(dataset) / state.num_processes)
-            rows = range(min(len(dataset), state.process_index * per_process),
-                         min(len(dataset), (state.process_index + 1) * per_process))
-            shape = (num_views, config.latent_channels, config.latent_size, config.latent_size)
-            features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype=CACHE_DTYPES[dtype])})
-            was_training = model.training
-            model.eval()
-            encode_started = time.perf_counter()
-            progress = tqdm(total=len(rows) * num_views, desc=f"Encoding {description} images with the VAE",
-                            unit="img", disable=not state.is_local_main_process)
-            with torch.no_grad():
-                latents = _encode_rows(model, dataset, image_column, transform, rows, num_views, seed, batch_size,
-                                       progress)
-            if dtype == "bfloat16":
-                latents = torch.from_numpy(latents).to(torch.bfloat16).view(torch.int16).numpy()
-            progress.close()
-            model.train(was_training)
-            datasets.Dataset.from_dict({"latents": latents}, features=features).save_to_disk(
-                os.path.join(staging, f"part-{state.process_index:05d}"))
-            state.wait_for_everyone()
-            if state.is_main_process:
-                # encode_seconds: what building this cache cost, for whoever reuses it and must account for it
-                info = {"key": key, "encode_seconds": time.perf_counter() - encode_started,
-                        "num_rows": len(dataset), "num_views": num_views, "latent_shape": list(shape[1:]),
-                        "image_size": config.image_size, "content_fingerprint": fingerprint,
-                        "vae_class": type(model.vae).__name__, "seed": seed, "version": LATENT_CACHE_VERSION,
-                        "dtype": dtype,
-                        "parts": [f"part-{rank:05d}" for rank in range(state.num_processes)]}
-                with open(os.path.join(staging, "cache_info.json"), "w", encoding="utf-8") as handle:
-                    json.dump(info, handle, indent=2)
-                os.replace(staging, path)
-                logger.info(f"Cached {len(dataset)} x {num_views} {description} latents in {path}.")
+            build = {"key": key, "num_views": num_views, "seed": seed, "content_fingerprint": fingerprint,
+                     "dtype": dtype}
+            _build_cache(state, model, dataset, image_column, transform, path, build, batch_size, description)
         state.wait_for_everyone()
     finally:
         if state.is_main_process:
@@ -212,6 +174,52 @@ def cache_latents(
     if reused:
         logger.info(f"Reusing {len(latents)} cached {description} latents from {path} (the VAE is not run).")
     return latents, {**info, "path": path, "reused": reused}
+
+
+def _build_cache(state, model, dataset, image_column: str, transform: Callable, path: str, build: dict,
+                 batch_size: int, description: str) -> None:
+    """Encode this process's contiguous share of the images into `<path>.partial/part-<rank>`; the main process
+    then writes `cache_info.json` and renames the folder into place (a reader only ever sees a finished cache).
+    `build` holds the key's settings (`key`, `num_views`, `seed`, `content_fingerprint`, `dtype`)."""
+    from tqdm.auto import tqdm
+
+    config, staging, num_views = model.config, path + ".partial", build["num_views"]
+    if state.is_main_process:  # leftovers of a killed build (this key is ours while we hold the lock)
+        shutil.rmtree(staging, ignore_errors=True)
+        if os.path.isdir(path):
+            shutil.rmtree(path)  # a folder without cache_info.json was never a finished cache
+        os.makedirs(staging)
+    state.wait_for_everyone()
+    per_process = math.ceil(len(dataset) / state.num_processes)
+    rows = range(min(len(dataset), state.process_index * per_process),
+                 min(len(dataset), (state.process_index + 1) * per_process))
+    shape = (num_views, config.latent_channels, config.latent_size, config.latent_size)
+    features = datasets.Features({"latents": datasets.Array4D(shape=shape, dtype=CACHE_DTYPES[build["dtype"]])})
+    was_training = model.training
+    model.eval()
+    encode_started = time.perf_counter()
+    progress = tqdm(total=len(rows) * num_views, desc=f"Encoding {description} images with the VAE", unit="img",
+                    disable=not state.is_local_main_process)
+    with torch.no_grad():
+        latents = _encode_rows(model, dataset, image_column, transform, rows, num_views, build["seed"], batch_size,
+                               progress)
+    if build["dtype"] == "bfloat16":
+        latents = torch.from_numpy(latents).to(torch.bfloat16).view(torch.int16).numpy()
+    progress.close()
+    model.train(was_training)
+    datasets.Dataset.from_dict({"latents": latents}, features=features).save_to_disk(
+        os.path.join(staging, f"part-{state.process_index:05d}"))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        # encode_seconds: what building this cache cost, for whoever reuses it and must account for it
+        info = {**build, "encode_seconds": time.perf_counter() - encode_started, "num_rows": len(dataset),
+                "latent_shape": list(shape[1:]), "image_size": config.image_size,
+                "vae_class": type(model.vae).__name__, "version": LATENT_CACHE_VERSION,
+                "parts": [f"part-{rank:05d}" for rank in range(state.num_processes)]}
+        with open(os.path.join(staging, "cache_info.json"), "w", encoding="utf-8") as handle:
+            json.dump(info, handle, indent=2)
+        os.replace(staging, path)
+        logger.info(f"Cached {len(dataset)} x {num_views} {description} latents in {path}.")
 
 
 __all__ = ["LATENT_CACHE_VERSION", "cache_latents", "default_latent_cache_dir", "latent_cache_key", "vae_identity"]
