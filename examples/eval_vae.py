@@ -33,7 +33,8 @@ REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file_
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--vae", default=DEMO_VAE, help="diffusers AutoencoderKL folder (default: the shipped demo VAE)")
-    p.add_argument("--data_dir", default="data/demo", help="demo dataset folder (built if missing)")
+    p.add_argument("--data_dir", default="data/demo",
+                   help="a folder holding --split as a folder of tiles (the demo set is built if missing)")
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--split", default="validation")
     p.add_argument("--batch_size", type=int, default=64)
@@ -73,7 +74,9 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.num_threads)
-    meta = build_demo_dataset(args.data_dir, resolution=args.resolution)
+    # The demo set is built when missing; any other folder of tiles (the corpus, the unseen photographs) as it is.
+    split_dir = os.path.join(args.data_dir, args.split)
+    meta = {} if os.path.isdir(split_dir) else build_demo_dataset(args.data_dir, resolution=args.resolution)
     names, images = load_tiles(os.path.join(args.data_dir, args.split))
 
     vae = AutoencoderKL.from_pretrained(args.vae).to(args.device).eval()
