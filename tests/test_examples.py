@@ -86,3 +86,37 @@ def test_train_vae_goes_on_from_a_saved_vae(vae_folder, tmp_path, monkeypatch):
     trained = AutoencoderKL.from_pretrained(tmp_path / "on")
     assert trained.config.block_out_channels == AutoencoderKL.from_pretrained(vae_folder).config.block_out_channels
     assert not torch.equal(trained.state_dict()["encoder.conv_in.weight"], start["encoder.conv_in.weight"])
+
+
+def test_train_vae_killed_and_resumed_ends_with_the_uninterrupted_weights(vae_folder, tmp_path, monkeypatch):
+    import torch
+    from diffusers import AutoencoderKL
+
+    rng = np.random.default_rng(1)
+    for split, count in (("train", 10), ("validation", 2)):
+        folder = tmp_path / "tiles" / split
+        folder.mkdir(parents=True)
+        for i in range(count):
+            PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    train_vae = load_example("train_vae")
+    common = ["--data_dir", str(tmp_path / "tiles"), "--resolution", "16", "--crop_size", "8", "--batch_size", "4",
+              "--init_from", vae_folder, "--max_steps", "6", "--warmup_steps", "2", "--full_res_fraction", "0.34",
+              "--num_threads", "1"]
+    train_vae.main([*common, "--output_dir", str(tmp_path / "whole")])
+
+    save_state = train_vae.save_state
+
+    def killed_after_the_second_save(path, state, vae, opt):
+        save_state(path, state, vae, opt)
+        if state["step"] == 4:
+            raise KeyboardInterrupt  # the kill, right after a resume state was written
+    monkeypatch.setattr(train_vae, "save_state", killed_after_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_vae.main([*common, "--output_dir", str(tmp_path / "killed"), "--save_every", "2"])
+    monkeypatch.setattr(train_vae, "save_state", save_state)
+    info = train_vae.main([*common, "--output_dir", str(tmp_path / "killed"), "--save_every", "2", "--resume"])
+    whole = AutoencoderKL.from_pretrained(tmp_path / "whole").state_dict()
+    resumed = AutoencoderKL.from_pretrained(tmp_path / "killed").state_dict()
+    assert info["steps"] == 6 and all(torch.equal(whole[name], resumed[name]) for name in whole)
+    with pytest.raises(SystemExit, match="other arguments"):
+        train_vae.main([*common[:-2], "--learning_rate", "1e-2", "--output_dir", str(tmp_path / "killed"), "--resume"])
