@@ -1,8 +1,8 @@
 """`training_curves.png`: what a run did, drawn from the Trainer's log history.
 
 Four panels against the optimizer step: the training loss, the mask ratio the schedule set, the learning rate, and
-the held-out hidden-region PSNR of every evaluation with its references (the mean-colour fill and the VAE alone)
-as horizontal lines. Needs matplotlib (the `demo` and `test` extras).
+the held-out hidden-region PSNR of every evaluation with its references (the mean-colour fill, classical
+inpainting and the VAE alone) as horizontal lines. Needs matplotlib (the `demo` and `test` extras).
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def save_training_curves(log_history: list[dict], path: str, title: str = "") ->
         axis.plot(eval_steps, [e["eval_masked_psnr"] for e in evals], marker="o", color="tab:blue",
                   label="LMD (leak-free)")
         references = (("eval_pixel_mean_fill_psnr", "mean-colour fill", "gray", "--"),
+                      ("eval_biharmonic_psnr", "biharmonic inpainting", "tab:orange", "-."),
+                      ("eval_telea_psnr", "Telea inpainting", "tab:green", "-."),
                       ("eval_vae_psnr", "VAE alone (ceiling)", "black", ":"))
         for key, label, colour, style in references:
-            if key in evals[-1]:
+            if evals[-1].get(key, float("nan")) == evals[-1].get(key, float("nan")):  # present, not NaN
                 axis.axhline(evals[-1][key], color=colour, linestyle=style, label=label)
         ratio = evals[-1].get("eval_mask_ratio")
         axis.legend(fontsize=8)
