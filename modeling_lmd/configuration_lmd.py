@@ -179,6 +179,11 @@ class LMDConfig(PreTrainedConfig):
             colour) before the VAE encodes the image, so the visible latents carry nothing of the hidden pixels;
             the target stays the unmasked image's latents. Costs a second VAE encode per step and needs images
             (latents-only inputs use the paper's setting: encode everything, then hide latent patches).
+        harmonic_fill (`bool`, defaults to `False`):
+            Paint the hidden pixels with a smooth fill from the visible ones (`harmonic_fill`: Laplace's equation,
+            about what classical inpainting does) instead of their mean colour, and let the decoder see that fill's
+            latent at each hidden patch (`LMDFillEmbedding`), so the model refines the fill rather than guessing
+            from scratch. Needs images (leak-free training, and `reconstruct` from pixels).
         mask_ratio (`float`, defaults to 0.75):
             Ratio of hidden patches at evaluation and inference.
         mask_schedule (`str`, defaults to `"cosine"`):
@@ -233,6 +238,7 @@ class LMDConfig(PreTrainedConfig):
     norm_latent_loss: bool = False
     visible_loss_weight: float | int = 0.0
     leak_free_training: bool = False
+    harmonic_fill: bool = False
     mask_ratio: float | int = 0.75
     mask_schedule: str = "cosine"
     mask_ratio_start: float | int = 0.15

@@ -4,7 +4,8 @@ fill into the input. The `"lmd-reconstruction"` pipeline, the evaluation and the
 The stages, in the order `reconstruct` runs them:
 
 1. `choose_hidden_patches`: a random share (`mask_ratio`) or an explicit `bool_masked_pos`, optionally dilated.
-2. `LMDForPreTraining.encode_leak_free`: the hidden pixels are painted with the visible mean colour *before* the
+2. `LMDForPreTraining.encode_leak_free`: the hidden pixels are painted with the visible mean colour (with
+   `config.harmonic_fill`, a smooth fill from the visible pixels, which the decoder also reads) *before* the
    VAE encodes the image, so nothing under the mask reaches the output (the VAE's receptive field and its mid-block
    attention would otherwise carry hidden pixels into visible latents). With latents only, the paper's setting:
    the whole image was encoded, and latent patches are hidden afterwards.
@@ -107,9 +108,10 @@ def dilate(hidden: torch.Tensor, grid: tuple[int, int], rings: int) -> torch.Ten
 
 
 def predict_hidden(model: LMDForPreTraining, latents: torch.Tensor, hidden: torch.Tensor, num_visible: int,
-                   interpolate_pos_encoding: bool = False) -> torch.Tensor:
+                   interpolate_pos_encoding: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
     """One pass: latents `(B, C, h, w)` with `hidden` `(B, L)` (`num_visible` patches visible in every image) ->
-    predicted patches `(B, L, p*p*C)` in latent units.
+    predicted patches `(B, L, p*p*C)` in latent units. `fill` `(B, L, p*p*C)`: the painted image's latent patches,
+    which a `harmonic_fill` model reads at the hidden positions (never the real latents there: they would leak).
 
     With `norm_latent_loss` the model predicts each patch's shape, not its level or scale; those are taken from what
     the encoder saw, the mean and standard deviation of the image's *visible* patches (never the hidden patches' own
@@ -117,7 +119,8 @@ def predict_hidden(model: LMDForPreTraining, latents: torch.Tensor, hidden: torc
     """
     encoded = model.lmd(latents=latents, bool_masked_pos=hidden, num_visible=num_visible,
                         interpolate_pos_encoding=interpolate_pos_encoding)
-    predictions = model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, model.patch_grid(latents))
+    predictions = model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, model.patch_grid(latents),
+                                        fill)
     if not model.config.norm_latent_loss:
         return predictions
     patches = model.patchify(latents)
@@ -151,9 +154,10 @@ def fill_hidden_latents(
     reveal_order: str = "random",
     generator: torch.Generator | list[torch.Generator] | None = None,
     interpolate_pos_encoding: bool = False,
+    fill: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The masking diffusion run backwards: latents `(B, C, h, w)` whose `hidden` `(B, L)` patches are replaced
-    by the model's predictions.
+    by the model's predictions (`fill`: see `predict_hidden`; it stays the painted image's at every step).
 
     Each of `num_inference_steps` steps predicts every still-hidden patch, reveals a share of them and feeds the
     revealed predictions back as visible context for the next step; the share follows `remaining_hidden_counts`
@@ -170,7 +174,8 @@ def fill_hidden_latents(
         per_image = generator if isinstance(generator, (list, tuple)) else [generator] * latents.shape[0]
         return torch.cat([
             fill_hidden_latents(model, latents[i : i + 1], hidden[i : i + 1], num_inference_steps, reveal_order,
-                                per_image[i] if per_image[i] is None else [per_image[i]], interpolate_pos_encoding)
+                                per_image[i] if per_image[i] is None else [per_image[i]], interpolate_pos_encoding,
+                                None if fill is None else fill[i : i + 1])
             for i in range(latents.shape[0])
         ])
     num_hidden = int(counts[0])
@@ -186,7 +191,7 @@ def fill_hidden_latents(
         distances = torch.cdist(torch.stack([rows, cols], dim=1).float(), torch.stack([rows, cols], dim=1).float())
     for remaining in remaining_hidden_counts(num_hidden, num_inference_steps):
         predicted = predict_hidden(model, model.unpatchify(patches, grid), hidden, hidden.shape[1] - num_hidden,
-                                   interpolate_pos_encoding)
+                                   interpolate_pos_encoding, fill)
         priority = tie_break
         if reveal_order == "nearest":
             # Distance of every patch to its nearest visible patch, plus a tie-break below one cell.
@@ -280,9 +285,11 @@ def reconstruct(
         pixel_values = pixel_values.to(device=model.device, dtype=model.lmd.vae.dtype)
         latents = model.encode_leak_free(pixel_values, hidden, interpolate_pos_encoding)
     latents = latents.to(device=model.device, dtype=model.lmd.embeddings.patch_embeddings.weight.dtype)
+    # Only painted latents are a fill the decoder may read; given latents hold the real content under the mask.
+    fill = model.patchify(latents) if pixel_values is not None and config.harmonic_fill else None
 
     composite = fill_hidden_latents(model, latents, dilate(hidden, grid, mask_dilation), num_inference_steps,
-                                    reveal_order, generator, interpolate_pos_encoding)
+                                    reveal_order, generator, interpolate_pos_encoding, fill)
     decoded = model.lmd.decode_latents(composite).clamp(-1, 1)
     mask = hidden.to(decoded.dtype)
     pixel_mask = model.pixels_of_patches(mask, decoded.shape[-2:])

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# How the shipped checkpoint (modeling_lmd/pretrained/demo-lmd) is trained: on the photograph corpus
+# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in two resumable phases.
+#
+#   bash examples/train_shipped_checkpoint.sh a    # phase A: cached latents, the loss on all patches
+#   bash examples/train_shipped_checkpoint.sh b    # phase B: leak-free with the harmonic fill, from phase A
+#
+# Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
+# (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds both phases; extra arguments go to
+# train_lmd.py. Wall-clock on 2 CPU cores: docs/RESULTS.md, "Shipped checkpoint".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+
+PHASE="${1:?phase a or b}"; shift
+RUN_DIR="${RUN_DIR:-runs/shipped}"
+CORPUS="${CORPUS:-data/corpus}"
+[ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
+
+resume=()
+case "$PHASE" in
+a) out="$RUN_DIR/phase-a" ;;
+b) out="$RUN_DIR/phase-b" ;;
+*) echo "phase a or b, not '$PHASE'" >&2; exit 2 ;;
+esac
+if ls -d "$out"/checkpoint-* >/dev/null 2>&1; then resume=(--resume_from_checkpoint last); fi
+
+common=(--train_dir "$CORPUS/train" --validation_dir "$CORPUS/validation" --max_eval_samples 256
+        --per_device_train_batch_size 64 --warmup_steps 0.05 --visible_loss_weight 1 --mask_schedule cosine
+        --logging_steps 20 --eval_strategy steps --eval_steps 0.25 --save_strategy steps --save_total_limit 2
+        --dataloader_pin_memory false --report_to none --seed 0 --output_dir "$out")
+
+if [ "$PHASE" = a ]; then
+    # Cached latents (two augmented views per tile) make a step cheap: the VAE runs once per view, not per step.
+    python train_lmd.py "${common[@]}" --model_preset lmd-small \
+        --cache_latents --latent_cache_views 2 --latents_in_memory \
+        --max_steps 4000 --base_learning_rate 3e-3 --save_steps 250 "${resume[@]}" "$@"
+else
+    # Leak-free: the hidden pixels are painted with the harmonic fill before the VAE encodes the tile, and the
+    # decoder reads that fill's latent at each hidden patch. Needs the images every step (no latent cache).
+    python train_lmd.py "${common[@]}" --model_name_or_path "$RUN_DIR/phase-a" \
+        --config_overrides leak_free_training=true,harmonic_fill=true \
+        --max_steps "${PHASE_B_STEPS:-800}" --base_learning_rate 1e-3 --save_steps 100 "${resume[@]}" "$@"
+fi

@@ -1,0 +1,111 @@
+"""harmonic_fill: the smooth fill behind `config.harmonic_fill`, and the decoder that reads its latents."""
+
+import copy
+
+import pytest
+import torch
+from conftest import random_images
+from test_reconstruction import scramble_hidden
+
+from modeling_lmd import LMDConfig, LMDForPreTraining
+from modeling_lmd.modeling_lmd import harmonic_fill, paint_hidden_pixels
+from modeling_lmd.reconstruction_lmd import reconstruct
+
+
+def square_hole(size: int = 64, start: int = 16, stop: int = 48) -> torch.Tensor:
+    mask = torch.zeros(1, 1, size, size)
+    mask[..., start:stop, start:stop] = 1
+    return mask
+
+
+def test_visible_pixels_stay_and_hidden_ones_are_never_read():
+    images, mask = random_images(2, size=64), square_hole().expand(2, -1, -1, -1)
+    filled = harmonic_fill(images, mask)
+    assert torch.equal(filled * (1 - mask), images * (1 - mask))
+    assert torch.equal(harmonic_fill(scramble_hidden(images, mask), mask), filled)
+
+
+def test_a_linear_ramp_is_continued_across_the_hole():
+    # A linear function is harmonic: the fill must reproduce it; the mean colour is off by up to half the ramp.
+    ramp = torch.linspace(-1, 1, 64).view(1, 1, 1, 64).expand(1, 3, 64, 64).contiguous()
+    hole = square_hole()
+    assert (harmonic_fill(ramp, hole) - ramp).abs().max() < 1e-3
+    assert (paint_hidden_pixels(ramp, hole) - ramp).abs().max() > 0.4
+
+
+def test_odd_sizes_and_a_fully_hidden_image():
+    images = random_images(1, size=64)[..., :37, :53]
+    mask = torch.zeros(1, 1, 37, 53)
+    mask[..., 5:30, 10:40] = 1
+    filled = harmonic_fill(images, mask)
+    assert filled.shape == images.shape and torch.isfinite(filled).all()
+    # Nothing visible: mid grey, like the mean-colour paint of an empty visible set.
+    assert torch.equal(harmonic_fill(images, torch.ones(1, 1, 37, 53)), torch.zeros_like(images))
+
+
+@pytest.fixture
+def harmonic_model(tiny_config) -> LMDForPreTraining:
+    config = copy.deepcopy(tiny_config)  # tiny_model shares tiny_config
+    config.leak_free_training = config.harmonic_fill = True
+    torch.manual_seed(0)
+    return LMDForPreTraining(config)
+
+
+def test_the_fill_embedding_starts_at_zero_and_loads_at_zero_into_an_older_checkpoint(harmonic_model, tiny_model,
+                                                                                        tmp_path):
+    assert not harmonic_model.decoder.fill_embed.weight.any() and not harmonic_model.decoder.fill_embed.bias.any()
+    assert tiny_model.decoder.fill_embed is None
+    tiny_model.save_pretrained(tmp_path / "plain")
+    config = LMDConfig.from_pretrained(tmp_path / "plain", harmonic_fill=True)
+    loaded = LMDForPreTraining.from_pretrained(tmp_path / "plain", config=config)
+    assert not loaded.decoder.fill_embed.weight.any()
+    # At zero, the new decoder predicts exactly what the old one did from the same encoder input.
+    latents, noise = torch.randn(2, 4, 8, 8), torch.rand(2, 16)
+    fill = loaded.patchify(torch.randn(2, 4, 8, 8))
+    encoded = loaded.lmd(latents=latents, noise=noise, num_visible=8)
+    with_fill = loaded.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), fill)
+    old = tiny_model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4))
+    torch.testing.assert_close(with_fill, old, rtol=0, atol=1e-6)
+
+
+def test_the_decoder_reads_the_fill_at_hidden_patches_only(harmonic_model):
+    torch.nn.init.normal_(harmonic_model.decoder.fill_embed.weight)
+    latents, noise = torch.randn(2, 4, 8, 8), torch.rand(2, 16)
+    encoded = harmonic_model.lmd(latents=latents, noise=noise, num_visible=8)
+    fill = harmonic_model.patchify(torch.randn(2, 4, 8, 8))
+    hidden = encoded.mask.bool()
+    moved = fill.clone()
+    moved[~hidden] = 7.0  # the fill at visible patches is not read
+    first, second = (harmonic_model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), f)
+                     for f in (fill, moved))
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    moved[hidden] = 7.0
+    third = harmonic_model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), moved)
+    assert not torch.allclose(first, third)
+
+
+def test_training_and_inference_never_see_the_hidden_pixels(harmonic_model):
+    torch.nn.init.normal_(harmonic_model.decoder.fill_embed.weight, std=0.1)
+    images, noise = random_images(2), torch.rand(2, 16)
+    first = harmonic_model(pixel_values=images, noise=noise, num_visible=8)
+    changed = scramble_hidden(images, harmonic_model.pixels_of_patches(first.mask, (32, 32)))
+    assert torch.equal(first.logits, harmonic_model(pixel_values=changed, noise=noise, num_visible=8).logits)
+    kwargs = dict(mask_ratio=0.5, num_inference_steps=2)
+    out = reconstruct(harmonic_model, images, generator=torch.Generator().manual_seed(0), **kwargs)
+    again = reconstruct(harmonic_model, scramble_hidden(images, out.pixel_mask),
+                        generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.equal(out.reconstruction, again.reconstruction)
+
+
+def test_latents_given_directly_are_never_read_as_a_fill(harmonic_model):
+    # Given latents hold the real content under the mask: the decoder must not read it as the fill.
+    torch.nn.init.normal_(harmonic_model.decoder.fill_embed.weight)
+    latents = torch.randn(1, 4, 8, 8)
+    hidden = torch.zeros(1, 16, dtype=torch.bool)
+    hidden[0, :6] = True
+    first = reconstruct(harmonic_model, latents=latents, bool_masked_pos=hidden)
+    patches = harmonic_model.patchify(latents)
+    changed = harmonic_model.unpatchify(torch.where(hidden.unsqueeze(-1), torch.full_like(patches, 5.0), patches),
+                                        (4, 4))
+    second = reconstruct(harmonic_model, latents=changed, bool_masked_pos=hidden)
+    torch.testing.assert_close(first.latents, second.latents, rtol=0, atol=0)
