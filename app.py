@@ -73,20 +73,25 @@ def _describe(source: Any) -> str:
 def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
     """Open an image file (its size checked from the header, before decoding the pixels), or a `PhotoError`."""
     try:
-        image = load_image_file(path, max_pixels=MAX_PIXELS)
+        image = load_image_file(path, max_pixels=MAX_PIXELS)  # MAX_PIXELS checked from the header
     except (FileNotFoundError, ValueError) as error:
         raise PhotoError(str(error)) from None
-    _check_size(image.width, image.height, _describe(path))
+    _check_min_side(image.width, image.height, _describe(path))
     return image
 
 
 def _check_size(width: int, height: int, name: str = "the image") -> None:
+    """For photos handed over decoded (PIL, numpy); files are checked by `load_image_file` as they open."""
     if width * height > MAX_PIXELS:
         raise PhotoError(
             f"{name} is {width}x{height} pixels ({width * height / 1e6:.1f} megapixels): too large. "
             f"The limit is {MAX_PIXELS / 1e6:.0f} megapixels; please downscale it first "
             f"(the model works at a small size anyway)."
         )
+    _check_min_side(width, height, name)
+
+
+def _check_min_side(width: int, height: int, name: str) -> None:
     if min(width, height) < MIN_SIDE:
         raise PhotoError(
             f"{name} is only {width}x{height} pixels: too small. "
@@ -181,12 +186,7 @@ def _enlarge(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image.resize((size, size), resample=PIL.Image.Resampling.NEAREST)
 
 
-def _grey_out(photo: PIL.Image.Image, region: np.ndarray) -> PIL.Image.Image:
-    """The photo with `region` (boolean, the photo's size) painted mid-grey: what is hidden from the model."""
-    return PIL.Image.fromarray(np.where(region[..., None], np.uint8(128), np.asarray(photo)))
-
-
-def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0.5, seed: int = 0,
+def fill_photo(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0.5, seed: int = 0,
                 num_inference_steps: int = 1, mask: np.ndarray | None = None,
                 display_size: int = DISPLAY_SIZE) -> Reconstruction:
     """Hide part of `photo` and let the LMD pipeline `pipe` fill it in.
@@ -232,7 +232,9 @@ def reconstruct(pipe, photo: Any, *, mode: str = "random", mask_ratio: float = 0
     seconds = time.perf_counter() - start
     patch_mask = np.asarray(out["patch_mask"])
     return Reconstruction(
-        masked_image=_grey_out(image, out["mask"]),
+        # What is hidden from the model: mid-grey pasted into the region, as the pipeline pastes its fill.
+        masked_image=pipe.image_processor.paste_fill(image, PIL.Image.new("RGB", (1, 1), (128, 128, 128)),
+                                                     out["crop_box"], out["mask"], blend_width=0),
         decoded=_enlarge(out["model_decoded"], display_size),
         reconstruction=out["reconstruction"],
         hidden_patches=int(patch_mask.sum()),
@@ -308,7 +310,7 @@ def run_from_editor(pipe, editor: dict | None, mode: str, mask_ratio: float, see
     try:
         photo = prepare_photo(background)
         strokes = brush_mask(editor.get("layers"), photo.size)
-        result = reconstruct(pipe, photo, mode=mode, mask_ratio=mask_ratio, seed=seed, num_inference_steps=steps,
+        result = fill_photo(pipe, photo, mode=mode, mask_ratio=mask_ratio, seed=seed, num_inference_steps=steps,
                              mask=strokes if mode in (MODE_BRUSH, "brush") else None)
     except PhotoError as error:
         return None, str(error)

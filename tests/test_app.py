@@ -121,8 +121,8 @@ def test_prepare_photo_rejects_bad_uploads_with_a_message(tmp_path):
         app.prepare_photo(tmp_path / "missing.png")
 
 
-def test_reconstruct_random_mode(pipe, photo):
-    result = app.reconstruct(pipe, photo, mode="random", mask_ratio=0.5, seed=3)
+def test_fill_photo_random_mode(pipe, photo):
+    result = app.fill_photo(pipe, photo, mode="random", mask_ratio=0.5, seed=3)
     for image in (result.masked_image, result.reconstruction):  # the photo's own size
         assert image.mode == "RGB" and image.size == (451, 300)
     assert result.decoded.size == (app.DISPLAY_SIZE, app.DISPLAY_SIZE)  # the model's square, enlarged
@@ -137,16 +137,16 @@ def test_reconstruct_random_mode(pipe, photo):
     # Outside the hidden patches, the result is the photo itself, bit for bit.
     np.testing.assert_array_equal(pasted[~hidden], photo[~hidden])
     assert "32 of 64 patches (50%)" in result.summary
-    again = app.reconstruct(pipe, photo, mode=app.MODE_RANDOM, mask_ratio=0.5, seed=3)
+    again = app.fill_photo(pipe, photo, mode=app.MODE_RANDOM, mask_ratio=0.5, seed=3)
     np.testing.assert_array_equal(np.asarray(again.masked_image), masked)  # the seed fixes the mask
-    other = app.reconstruct(pipe, photo, mode="random", mask_ratio=0.5, seed=4)
+    other = app.fill_photo(pipe, photo, mode="random", mask_ratio=0.5, seed=4)
     assert not np.array_equal(np.asarray(other.masked_image), masked)
 
 
-def test_reconstruct_brush_mode(pipe, photo):
+def test_fill_photo_brush_mode(pipe, photo):
     mask = np.zeros(photo.shape[:2], dtype=bool)
     mask[100:160, 200:280] = True  # a hole in the middle of the photo
-    result = app.reconstruct(pipe, photo, mode="brush", mask=mask, num_inference_steps=2)
+    result = app.fill_photo(pipe, photo, mode="brush", mask=mask, num_inference_steps=2)
     assert 0 < result.hidden_patches < result.total_patches == 64
     hidden = _hidden_grey(result.masked_image)
     np.testing.assert_array_equal(hidden, mask)  # exactly what was painted is filled in, at the photo's size
@@ -156,7 +156,7 @@ def test_reconstruct_brush_mode(pipe, photo):
     assert pasted[mask].std() > 5 and np.abs(pasted[mask].astype(int) - photo[mask]).mean() > 5
 
 
-def test_reconstruct_bad_settings_give_messages(pipe, photo):
+def test_fill_photo_bad_settings_give_messages(pipe, photo):
     shape = photo.shape[:2]
     cases = [
         ({"mode": "brush", "mask": np.zeros(shape, bool)}, "Nothing is painted yet"),
@@ -172,7 +172,7 @@ def test_reconstruct_bad_settings_give_messages(pipe, photo):
     ]
     for kwargs, message in cases:
         with pytest.raises(app.PhotoError, match=message):
-            app.reconstruct(pipe, photo, **kwargs)
+            app.fill_photo(pipe, photo, **kwargs)
 
 
 def test_brush_mask_from_editor_layers():
@@ -217,7 +217,7 @@ def test_command_line_defaults_are_local_only(monkeypatch):
 
 def test_other_checkpoints_and_a_bad_one(tiny_checkpoint, photo, tmp_path, capsys):
     tiny = app.load_pipeline(tiny_checkpoint)  # a folder: the package's pipeline class, no remote code
-    result = app.reconstruct(tiny, photo, mode="random", mask_ratio=0.5, seed=0)
+    result = app.fill_photo(tiny, photo, mode="random", mask_ratio=0.5, seed=0)
     assert result.total_patches == tiny.model.config.num_patches
     assert result.reconstruction.size == (451, 300)
     assert app.main(["--model", str(tmp_path / "no-such-checkpoint")]) == 2
