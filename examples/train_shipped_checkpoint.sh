@@ -34,7 +34,7 @@ if [ "$PHASE" = a ]; then
     # Cached latents (two augmented views per tile) make a step cheap: the VAE runs once per view, not per step.
     python train_lmd.py "${common[@]}" --model_preset lmd-small \
         --cache_latents --latent_cache_views 2 --latents_in_memory \
-        --max_steps 4000 --base_learning_rate 3e-3 --save_steps 250 "${resume[@]}" "$@"
+        --max_steps "${PHASE_A_STEPS:-2400}" --base_learning_rate 3e-3 --save_steps 250 "${resume[@]}" "$@"
 else
     # Leak-free: the hidden pixels are painted with the harmonic fill before the VAE encodes the tile, and the
     # decoder reads that fill's latent at each hidden patch. Needs the images every step (no latent cache).

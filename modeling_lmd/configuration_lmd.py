@@ -180,10 +180,12 @@ class LMDConfig(PreTrainedConfig):
             the target stays the unmasked image's latents. Costs a second VAE encode per step and needs images
             (latents-only inputs use the paper's setting: encode everything, then hide latent patches).
         harmonic_fill (`bool`, defaults to `False`):
-            Paint the hidden pixels with a smooth fill from the visible ones (`harmonic_fill`: Laplace's equation,
-            about what classical inpainting does) instead of their mean colour, and let the decoder see that fill's
-            latent at each hidden patch (`LMDFillEmbedding`), so the model refines the fill rather than guessing
-            from scratch. Needs images (leak-free training, and `reconstruct` from pixels).
+            Start every prediction from a smooth fill of the hidden region and learn only its correction: leak-free,
+            the hidden pixels are painted by `harmonic_fill` (Laplace's equation from the visible pixels, about what
+            classical inpainting does) instead of their mean colour, and the decoder outputs the painted image's
+            latents plus a learned correction (`LMDFillCorrection`), reading the fill at hidden patches too
+            (`LMDFillEmbedding`). Given latents instead of pixels, the hidden latent patches are filled the same way
+            in latent space. Both start at zero, so a new model starts at the classical fill, not at noise.
         mask_ratio (`float`, defaults to 0.75):
             Ratio of hidden patches at evaluation and inference.
         mask_schedule (`str`, defaults to `"cosine"`):
@@ -290,6 +292,9 @@ class LMDConfig(PreTrainedConfig):
             check_mask_ratio(getattr(self, name), f"`{name}`")
         if self.visible_loss_weight < 0:
             raise ValueError(f"`visible_loss_weight` must be >= 0, got {self.visible_loss_weight}.")
+        if self.harmonic_fill and self.norm_latent_loss:
+            raise ValueError("`harmonic_fill` predicts a correction to the fill's latents, which `norm_latent_loss` "
+                             "(per-patch normalised targets) has no place for: set one of them only.")
         if self.mask_ratio_start > self.mask_ratio_end:
             raise ValueError(
                 f"`mask_ratio_start` ({self.mask_ratio_start}) must not exceed `mask_ratio_end` ({self.mask_ratio_end})."

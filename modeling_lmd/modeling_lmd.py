@@ -351,13 +351,18 @@ def resolve_hidden_patches(
 
 
 class LMDFillEmbedding(nn.Linear):
-    """With `config.harmonic_fill`: what the decoder learns from the harmonic fill's latent at a hidden patch, added
-    to the mask token there. Starts at zero, so a checkpoint trained without it predicts as before."""
+    """With `config.harmonic_fill`: what the decoder reads from the fill's latent at a hidden patch, added to the
+    mask token there. Starts at zero."""
+
+
+class LMDFillCorrection(nn.Linear):
+    """With `config.harmonic_fill`, the decoder's output head: the correction added to the fill's latent patches.
+    Starts at zero, so a new model predicts the fill itself (about classical inpainting) and learns what to change."""
 
 
 class LMDDecoder(nn.Module):
-    """Lightweight decoder: fills hidden positions with a learned mask token (plus, with `config.harmonic_fill`, an
-    embedding of the harmonic fill's latent there) and predicts every latent patch."""
+    """Lightweight decoder: fills hidden positions with a learned mask token and predicts every latent patch; with
+    `config.harmonic_fill`, as a correction to the fill's latents, which it also reads at the hidden positions."""
 
     def __init__(self, config: LMDConfig):
         super().__init__()
@@ -365,7 +370,8 @@ class LMDDecoder(nn.Module):
         self.decoder_embed = nn.Linear(config.hidden_size, config.decoder_hidden_size)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.decoder_hidden_size))
         patch = config.patch_size**2 * config.latent_channels
-        self.fill_embed = LMDFillEmbedding(patch, config.decoder_hidden_size) if config.harmonic_fill else None
+        harmonic = config.harmonic_fill
+        self.fill_embed = LMDFillEmbedding(patch, config.decoder_hidden_size) if harmonic else None
         self.position_embeddings = LMDPositionEmbeddings(config.decoder_hidden_size, (config.grid_size,) * 2)
         self.decoder_layers = nn.ModuleList(
             LMDLayer(config, config.decoder_hidden_size, config.decoder_num_attention_heads,
@@ -373,12 +379,14 @@ class LMDDecoder(nn.Module):
             for _ in range(config.decoder_num_hidden_layers)
         )
         self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
-        self.decoder_pred = nn.Linear(config.decoder_hidden_size, config.patch_size**2 * config.latent_channels)
+        head = LMDFillCorrection if harmonic else nn.Linear
+        self.decoder_pred = None if harmonic else head(config.decoder_hidden_size, patch)
+        self.fill_correction = head(config.decoder_hidden_size, patch) if harmonic else None
 
     def forward(self, encoded: torch.Tensor, ids_restore: torch.Tensor, grid_size: tuple[int, int],
                 fill: torch.Tensor | None = None) -> torch.Tensor:
         """Encoder output `(B, 1 + K, D)` -> predicted patches `(B, L, p * p * C)` on a `grid_size` patch grid.
-        `fill` `(B, L, p * p * C)`: the harmonic fill's latent patches (read at the hidden positions only)."""
+        `fill` `(B, L, p * p * C)`, needed with `config.harmonic_fill`: the filled image's latent patches."""
         tokens = self.decoder_embed(encoded)  # (B, 1 + K, E)
         batch, num_patches = ids_restore.shape
         num_visible = tokens.shape[1] - 1
@@ -386,13 +394,19 @@ class LMDDecoder(nn.Module):
         ordered = torch.cat([tokens[:, 1:, :], mask_tokens], dim=1)  # (B, L, E), visible first
         index = ids_restore.unsqueeze(-1).expand(-1, -1, ordered.shape[-1])
         restored = torch.gather(ordered, dim=1, index=index)  # (B, L, E), original patch order
-        if self.fill_embed is not None and fill is not None:
+        if self.fill_embed is not None:
+            if fill is None:
+                raise ValueError("A `harmonic_fill` decoder predicts a correction to a fill: pass `fill`.")
+            fill = fill.to(restored.dtype)
             hidden = (ids_restore >= num_visible).unsqueeze(-1).to(restored.dtype)  # (B, L, 1)
-            restored = restored + hidden * self.fill_embed(fill.to(restored.dtype))
+            restored = restored + hidden * self.fill_embed(fill)
         hidden_states = torch.cat([tokens[:, :1, :], restored], dim=1) + self.position_embeddings(grid_size)
         for layer in self.decoder_layers:
             hidden_states = layer(hidden_states)
-        return self.decoder_pred(self.decoder_norm(hidden_states))[:, 1:, :]  # drop the cls token
+        hidden_states = self.decoder_norm(hidden_states)[:, 1:, :]  # drop the cls token
+        if self.fill_correction is None:
+            return self.decoder_pred(hidden_states)
+        return fill + self.fill_correction(hidden_states)
 
 
 # --- input checks ----------------------------------------------------------------------------------------------
@@ -468,7 +482,7 @@ class LMDPreTrainedModel(PreTrainedModel):
             # A VAE built from a config keeps PyTorch's default init; pretrained VAEs are loaded over it.
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-        elif isinstance(module, LMDFillEmbedding):
+        elif isinstance(module, (LMDFillEmbedding, LMDFillCorrection)):
             init.zeros_(module.weight)
             init.zeros_(module.bias)
         elif isinstance(module, (nn.Linear, nn.Conv2d)):
@@ -751,9 +765,17 @@ class LMDForPreTraining(LMDPreTrainedModel):
 
     def forward_decoder(self, encoded: torch.Tensor, ids_restore: torch.Tensor, grid_size,
                         fill: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 1 + K, D) -> predicted patches (B, L, p * p * C); `fill` (B, L, p * p * C): the painted image's latent
-        patches, which a `harmonic_fill` decoder reads at the hidden positions."""
+        """(B, 1 + K, D) -> predicted patches (B, L, p * p * C); `fill` (B, L, p * p * C), for a `harmonic_fill`
+        decoder: the filled image's latent patches (`encode_leak_free`'s, or `latent_fill`'s)."""
         return self.decoder(encoded, ids_restore, grid_size, fill)
+
+    def latent_fill(self, latents: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) latents with `hidden` (B, L) patches -> (B, L, p * p * C): the hidden patches filled by
+        `harmonic_fill` in latent space from the visible ones, for a `harmonic_fill` model given latents, not pixels."""
+        p = self.config.patch_size
+        grid = self.patch_grid(latents)
+        latent_mask = hidden.to(latents.dtype).reshape(-1, 1, *grid).repeat_interleave(p, 2).repeat_interleave(p, 3)
+        return self.patchify(harmonic_fill(latents, latent_mask))
 
     def loss_target(self, latents: torch.Tensor) -> torch.Tensor:
         """The patches the decoder learns to predict: latents, per-patch normalised with `norm_latent_loss`."""
@@ -813,6 +835,8 @@ class LMDForPreTraining(LMDPreTrainedModel):
             fill = self.patchify(latents)
         encoded = self.lmd(pixel_values=pixel_values, latents=latents, bool_masked_pos=hidden, num_visible=num_visible,
                            interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
+        if self.config.harmonic_fill and fill is None:
+            fill = self.latent_fill(encoded.latents, encoded.mask)
         logits = self.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, self.patch_grid(encoded.latents),
                                       fill)
         target = encoded.latents if target is None else target.to(encoded.latents.dtype)

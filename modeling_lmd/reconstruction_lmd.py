@@ -110,8 +110,9 @@ def dilate(hidden: torch.Tensor, grid: tuple[int, int], rings: int) -> torch.Ten
 def predict_hidden(model: LMDForPreTraining, latents: torch.Tensor, hidden: torch.Tensor, num_visible: int,
                    interpolate_pos_encoding: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
     """One pass: latents `(B, C, h, w)` with `hidden` `(B, L)` (`num_visible` patches visible in every image) ->
-    predicted patches `(B, L, p*p*C)` in latent units. `fill` `(B, L, p*p*C)`: the painted image's latent patches,
-    which a `harmonic_fill` model reads at the hidden positions (never the real latents there: they would leak).
+    predicted patches `(B, L, p*p*C)` in latent units. `fill` `(B, L, p*p*C)`, for a `harmonic_fill` model: the
+    painted image's latent patches (never the real latents under the mask: they would leak); without it, the
+    visible latents filled in latent space (`latent_fill`).
 
     With `norm_latent_loss` the model predicts each patch's shape, not its level or scale; those are taken from what
     the encoder saw, the mean and standard deviation of the image's *visible* patches (never the hidden patches' own
@@ -119,6 +120,8 @@ def predict_hidden(model: LMDForPreTraining, latents: torch.Tensor, hidden: torc
     """
     encoded = model.lmd(latents=latents, bool_masked_pos=hidden, num_visible=num_visible,
                         interpolate_pos_encoding=interpolate_pos_encoding)
+    if model.config.harmonic_fill and fill is None:  # given latents: filled in latent space from the visible ones
+        fill = model.latent_fill(latents, hidden)
     predictions = model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, model.patch_grid(latents),
                                         fill)
     if not model.config.norm_latent_loss:

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from huggingface_hub.errors import StrictDataclassClassValidationError
 from conftest import random_images
 from test_reconstruction import scramble_hidden
 
@@ -51,41 +52,57 @@ def harmonic_model(tiny_config) -> LMDForPreTraining:
     return LMDForPreTraining(config)
 
 
-def test_the_fill_embedding_starts_at_zero_and_loads_at_zero_into_an_older_checkpoint(harmonic_model, tiny_model,
-                                                                                        tmp_path):
-    assert not harmonic_model.decoder.fill_embed.weight.any() and not harmonic_model.decoder.fill_embed.bias.any()
-    assert tiny_model.decoder.fill_embed is None
+def test_a_new_harmonic_decoder_predicts_the_fill_itself_also_from_an_older_checkpoint(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "plain")
     config = LMDConfig.from_pretrained(tmp_path / "plain", harmonic_fill=True)
     loaded = LMDForPreTraining.from_pretrained(tmp_path / "plain", config=config)
-    assert not loaded.decoder.fill_embed.weight.any()
-    # At zero, the new decoder predicts exactly what the old one did from the same encoder input.
+    decoder = loaded.decoder
+    assert decoder.decoder_pred is None and tiny_model.decoder.fill_correction is None
+    for head in (decoder.fill_embed, decoder.fill_correction):  # new, so zero: not the old head's weights
+        assert not head.weight.any() and not head.bias.any()
     latents, noise = torch.randn(2, 4, 8, 8), torch.rand(2, 16)
-    fill = loaded.patchify(torch.randn(2, 4, 8, 8))
     encoded = loaded.lmd(latents=latents, noise=noise, num_visible=8)
-    with_fill = loaded.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), fill)
-    old = tiny_model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4))
-    torch.testing.assert_close(with_fill, old, rtol=0, atol=1e-6)
+    fill = loaded.patchify(torch.randn(2, 4, 8, 8))
+    assert torch.equal(loaded.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), fill), fill)
+    with pytest.raises(ValueError, match="pass `fill`"):
+        loaded.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4))
 
 
-def test_the_decoder_reads_the_fill_at_hidden_patches_only(harmonic_model):
-    torch.nn.init.normal_(harmonic_model.decoder.fill_embed.weight)
+def test_the_fill_is_read_at_hidden_patches_and_corrected_everywhere(harmonic_model):
+    decoder = harmonic_model.decoder
+    torch.nn.init.normal_(decoder.fill_embed.weight)
+    torch.nn.init.normal_(decoder.fill_correction.weight)
     latents, noise = torch.randn(2, 4, 8, 8), torch.rand(2, 16)
     encoded = harmonic_model.lmd(latents=latents, noise=noise, num_visible=8)
     fill = harmonic_model.patchify(torch.randn(2, 4, 8, 8))
     hidden = encoded.mask.bool()
     moved = fill.clone()
-    moved[~hidden] = 7.0  # the fill at visible patches is not read
+    moved[~hidden] += 7.0  # at visible patches the fill is not read, only corrected
     first, second = (harmonic_model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), f)
                      for f in (fill, moved))
-    torch.testing.assert_close(first, second, rtol=0, atol=0)
-    moved[hidden] = 7.0
+    torch.testing.assert_close(second - moved, first - fill, rtol=0, atol=1e-5)
+    moved[hidden] += 7.0  # at hidden patches it is read too: the correction changes
     third = harmonic_model.forward_decoder(encoded.last_hidden_state, encoded.ids_restore, (4, 4), moved)
-    assert not torch.allclose(first, third)
+    assert not torch.allclose(third - moved, first - fill)
+
+
+def test_given_latents_the_fill_comes_from_the_visible_latents(harmonic_model):
+    latents, noise = torch.randn(2, 4, 8, 8), torch.rand(2, 16)
+    out = harmonic_model(latents=latents, noise=noise, num_visible=8)
+    # At zero the prediction is the latent-space fill: visible latents kept, hidden ones smooth from the visible.
+    torch.testing.assert_close(out.logits, harmonic_model.latent_fill(latents, out.mask), rtol=0, atol=0)
+    visible = ~out.mask.bool()
+    torch.testing.assert_close(out.logits[visible], harmonic_model.patchify(latents)[visible], rtol=0, atol=0)
+
+
+def test_norm_latent_loss_is_refused_with_it():
+    with pytest.raises(StrictDataclassClassValidationError, match="norm_latent_loss"):
+        LMDConfig.from_preset("lmd-tiny", harmonic_fill=True, norm_latent_loss=True)
 
 
 def test_training_and_inference_never_see_the_hidden_pixels(harmonic_model):
     torch.nn.init.normal_(harmonic_model.decoder.fill_embed.weight, std=0.1)
+    torch.nn.init.normal_(harmonic_model.decoder.fill_correction.weight, std=0.1)
     images, noise = random_images(2), torch.rand(2, 16)
     first = harmonic_model(pixel_values=images, noise=noise, num_visible=8)
     changed = scramble_hidden(images, harmonic_model.pixels_of_patches(first.mask, (32, 32)))
@@ -100,6 +117,7 @@ def test_training_and_inference_never_see_the_hidden_pixels(harmonic_model):
 def test_latents_given_directly_are_never_read_as_a_fill(harmonic_model):
     # Given latents hold the real content under the mask: the decoder must not read it as the fill.
     torch.nn.init.normal_(harmonic_model.decoder.fill_embed.weight)
+    torch.nn.init.normal_(harmonic_model.decoder.fill_correction.weight, std=0.1)
     latents = torch.randn(1, 4, 8, 8)
     hidden = torch.zeros(1, 16, dtype=torch.bool)
     hidden[0, :6] = True
