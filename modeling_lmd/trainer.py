@@ -110,8 +110,10 @@ def training_step_flops(config, batch: int, num_visible: int) -> int:
             + 2 * tokens * config.hidden_size * config.decoder_hidden_size
             + layers(config.decoder_num_hidden_layers, config.decoder_hidden_size, config.decoder_intermediate_size,
                      length)
-            + 2 * length * config.decoder_hidden_size * patch)
-    return batch * (2 * embedding + 3 * rest)
+            + 2 * config.num_patches * config.decoder_hidden_size * patch)  # the output head skips the cls token
+    # With harmonic_fill the decoder also embeds the fill, an input that needs no gradient (like the patch embedding).
+    fill = 2 * config.num_patches * patch * config.decoder_hidden_size if config.harmonic_fill else 0
+    return batch * (2 * embedding + 2 * fill + 3 * rest)
 
 
 def is_vae_parameter(name: str) -> bool:

@@ -292,7 +292,8 @@ def test_total_flos_is_the_vits_flop_count_of_every_step(tmp_path):
     assert trainer.state.total_flos == expected
 
 
-@pytest.mark.parametrize("overrides", [{}, {"decoder_num_hidden_layers": 0}, {"patch_size": 1}])
+@pytest.mark.parametrize("overrides", [{}, {"decoder_num_hidden_layers": 0}, {"patch_size": 1},
+                                       {"harmonic_fill": True}])
 def test_training_step_flops_are_what_torch_counts(overrides):
     """The formula against torch's FLOP counter on a real forward and backward (eager attention: the counter does
     not see every fused attention kernel)."""
