@@ -38,7 +38,7 @@ if [ "$PHASE" = a ]; then
         --max_steps "${PHASE_A_STEPS:-2400}" --base_learning_rate 3e-3 --save_steps 250 "${resume[@]}" "$@"
 else
     # Leak-free: the hidden pixels are painted with the harmonic fill before the VAE encodes the tile, and the
-    # decoder reads that fill's latent at each hidden patch. Needs the images every step (no latent cache).
+    # decoder predicts a correction to that fill's latents. Needs the images every step (no latent cache).
     python train_lmd.py "${common[@]}" --model_name_or_path "$RUN_DIR/phase-a" \
         --config_overrides leak_free_training=true,harmonic_fill=true \
         --max_steps "${PHASE_B_STEPS:-1000}" --base_learning_rate 1e-3 --save_steps 100 "${resume[@]}" "$@"

@@ -379,9 +379,8 @@ class LMDDecoder(nn.Module):
             for _ in range(config.decoder_num_hidden_layers)
         )
         self.decoder_norm = nn.LayerNorm(config.decoder_hidden_size, eps=config.layer_norm_eps)
-        head = LMDFillCorrection if harmonic else nn.Linear
-        self.decoder_pred = None if harmonic else head(config.decoder_hidden_size, patch)
-        self.fill_correction = head(config.decoder_hidden_size, patch) if harmonic else None
+        self.decoder_pred = None if harmonic else nn.Linear(config.decoder_hidden_size, patch)
+        self.fill_correction = LMDFillCorrection(config.decoder_hidden_size, patch) if harmonic else None
 
     def forward(self, encoded: torch.Tensor, ids_restore: torch.Tensor, grid_size: tuple[int, int],
                 fill: torch.Tensor | None = None) -> torch.Tensor:
@@ -738,9 +737,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
 
     def pixels_of_patches(self, mask: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
         """`(B, L)` patch mask -> `(B, 1, H, W)` pixel mask of its dtype: a latent patch covers `patch_pixels` a side."""
-        cell = self.config.patch_pixels
-        mask = mask.reshape(-1, 1, image_size[0] // cell, image_size[1] // cell)
-        return mask.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
+        return spread_patch_mask(mask, image_size, self.config.patch_pixels)
 
     def patches_of_pixels(self, pixel_mask: torch.Tensor) -> torch.Tensor:
         """`(B, H, W)` bool pixel mask -> `(B, L)` bool: a patch is hidden if any of its pixels is (the inverse of
@@ -772,9 +769,7 @@ class LMDForPreTraining(LMDPreTrainedModel):
     def latent_fill(self, latents: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) latents with `hidden` (B, L) patches -> (B, L, p * p * C): the hidden patches filled by
         `harmonic_fill` in latent space from the visible ones, for a `harmonic_fill` model given latents, not pixels."""
-        p = self.config.patch_size
-        grid = self.patch_grid(latents)
-        latent_mask = hidden.to(latents.dtype).reshape(-1, 1, *grid).repeat_interleave(p, 2).repeat_interleave(p, 3)
+        latent_mask = spread_patch_mask(hidden.to(latents.dtype), latents.shape[-2:], self.config.patch_size)
         return self.patchify(harmonic_fill(latents, latent_mask))
 
     def loss_target(self, latents: torch.Tensor) -> torch.Tensor:
@@ -851,6 +846,12 @@ class LMDForPreTraining(LMDPreTrainedModel):
         )
 
 
+def spread_patch_mask(mask: torch.Tensor, size: tuple[int, int], cell: int) -> torch.Tensor:
+    """`(B, L)` patch mask -> `(B, 1, H, W)` of its dtype on a grid of `size`, each patch covering `cell` a side."""
+    mask = mask.reshape(-1, 1, size[0] // cell, size[1] // cell)
+    return mask.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
+
+
 #: Jacobi sweeps of `harmonic_fill` at each level of its pyramid: within 0.1-0.3 dB of the converged fill on
 #: 64 px tiles with 8 px patches hidden, at a third of the cost of sweeping the full-resolution image alone.
 HARMONIC_SWEEPS = 50
@@ -884,8 +885,7 @@ def harmonic_fill(pixel_values: torch.Tensor, pixel_mask: torch.Tensor, sweeps: 
     values, weights = levels[-1]
     filled = values.sum(dim=(2, 3), keepdim=True) / weights.sum(dim=(2, 3), keepdim=True).clamp(min=1e-6)
     for values, weights in reversed(levels[:-1]):
-        start = F.interpolate(filled.expand(-1, -1, *filled.shape[-2:]), size=values.shape[-2:], mode="bilinear",
-                              align_corners=False)
+        start = F.interpolate(filled, size=values.shape[-2:], mode="bilinear", align_corners=False)
         unknown = (weights < 1.0 - 1e-3).to(values.dtype)
         known = values / weights.clamp(min=1e-6) * (1.0 - unknown)
         filled = relax_laplace(known + start * unknown, known, unknown, sweeps)
