@@ -127,3 +127,12 @@ def test_latents_given_directly_are_never_read_as_a_fill(harmonic_model):
                                         (4, 4))
     second = reconstruct(harmonic_model, latents=changed, bool_masked_pos=hidden)
     torch.testing.assert_close(first.latents, second.latents, rtol=0, atol=0)
+
+
+def test_with_no_correction_the_reconstruction_is_the_harmonic_fill_itself(harmonic_model):
+    # The VAE adds only what the correction changes: its loss on the smooth paint stays out of the fill.
+    images = random_images(2)
+    out = reconstruct(harmonic_model, images, mask_ratio=0.5, generator=torch.Generator().manual_seed(0))
+    expected = harmonic_fill(images, out.pixel_mask)
+    torch.testing.assert_close(out.reconstruction, expected, rtol=0, atol=1e-5)  # blend arithmetic
+    assert (out.pixel_mask.sum() > 0) and not torch.equal(expected, images)
