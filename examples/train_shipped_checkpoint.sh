@@ -1,19 +1,20 @@
 #!/usr/bin/env bash
 # How the shipped checkpoint (modeling_lmd/pretrained/demo-lmd) is trained: on the photograph corpus
-# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in two resumable phases.
+# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in three resumable phases.
 #
 #   bash examples/train_shipped_checkpoint.sh a    # phase A: cached latents, the loss on all patches
 #   bash examples/train_shipped_checkpoint.sh b    # phase B: leak-free with the harmonic fill, from phase A
+#   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B (shipped)
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
-# (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds both phases; extra arguments go to
+# (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
 # train_lmd.py. Wall-clock on 2 CPU cores: phase A about 15 min to cache the latents (once) and 19 min to train,
-# phase B 26 min (docs/RESULTS.md, "Shipped checkpoint").
+# phase B 26 min, phase C 83 min (docs/RESULTS.md, "Shipped checkpoint").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-PHASE="${1:?phase a or b}"; shift
+PHASE="${1:?phase a, b or c}"; shift
 RUN_DIR="${RUN_DIR:-runs/shipped}"
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
@@ -22,24 +23,32 @@ resume=()
 case "$PHASE" in
 a) out="$RUN_DIR/phase-a" ;;
 b) out="$RUN_DIR/phase-b" ;;
-*) echo "phase a or b, not '$PHASE'" >&2; exit 2 ;;
+c) out="$RUN_DIR/phase-c" ;;
+*) echo "phase a, b or c, not '$PHASE'" >&2; exit 2 ;;
 esac
 if ls -d "$out"/checkpoint-* >/dev/null 2>&1; then resume=(--resume_from_checkpoint last); fi
 
 common=(--train_dir "$CORPUS/train" --validation_dir "$CORPUS/validation" --max_eval_samples 256
         --per_device_train_batch_size 64 --warmup_steps 0.05 --visible_loss_weight 1 --mask_schedule cosine
         --logging_steps 20 --eval_strategy steps --eval_steps 0.25 --save_strategy steps --save_total_limit 2
-        --dataloader_pin_memory false --report_to none --seed 0 --output_dir "$out")
+        --dataloader_pin_memory false --report_to none --output_dir "$out")
 
 if [ "$PHASE" = a ]; then
     # Cached latents (two augmented views per tile) make a step cheap: the VAE runs once per view, not per step.
-    python train_lmd.py "${common[@]}" --model_preset lmd-small \
+    python train_lmd.py "${common[@]}" --seed 0 --model_preset lmd-small \
         --cache_latents --latent_cache_views 2 --latents_in_memory \
         --max_steps "${PHASE_A_STEPS:-2400}" --base_learning_rate 3e-3 --save_steps 250 "${resume[@]}" "$@"
 else
     # Leak-free: the hidden pixels are painted with the harmonic fill before the VAE encodes the tile, and the
     # decoder predicts a correction to that fill's latents. Needs the images every step (no latent cache).
-    python train_lmd.py "${common[@]}" --model_name_or_path "$RUN_DIR/phase-a" \
+    # Phase B's corpus-validation PSNR was still rising when its cosine ended, so phase C runs the same recipe
+    # again from its weights: a fresh warm-up, a higher base lr, a new data order and three times the steps.
+    if [ "$PHASE" = b ]; then
+        start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3
+    else
+        start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3
+    fi
+    python train_lmd.py "${common[@]}" --seed "$seed" --model_name_or_path "$RUN_DIR/$start" \
         --config_overrides leak_free_training=true,harmonic_fill=true \
-        --max_steps "${PHASE_B_STEPS:-1000}" --base_learning_rate 1e-3 --save_steps 100 "${resume[@]}" "$@"
+        --max_steps "$steps" --base_learning_rate "$lr" --save_steps 100 "${resume[@]}" "$@"
 fi
