@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
 # How the shipped checkpoint (modeling_lmd/pretrained/demo-lmd) is trained: on the photograph corpus
-# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in three resumable phases.
+# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in four resumable phases.
 #
 #   bash examples/train_shipped_checkpoint.sh a    # phase A: cached latents, the loss on all patches
 #   bash examples/train_shipped_checkpoint.sh b    # phase B: leak-free with the harmonic fill, from phase A
-#   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B (shipped)
+#   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B
+#   bash examples/train_shipped_checkpoint.sh d    # phase D: the same again, from phase C (shipped)
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
 # (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
 # train_lmd.py. Wall-clock on 2 CPU cores: phase A about 15 min to cache the latents (once) and 19 min to train,
-# phase B 26 min, phase C 83 min (docs/RESULTS.md, "Shipped checkpoint").
+# phase B 26 min, phases C and D 83 and 82 min (docs/RESULTS.md, "Shipped checkpoint").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-PHASE="${1:?phase a, b or c}"; shift
+PHASE="${1:?phase a, b, c or d}"; shift
 RUN_DIR="${RUN_DIR:-runs/shipped}"
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
@@ -24,7 +25,8 @@ case "$PHASE" in
 a) out="$RUN_DIR/phase-a" ;;
 b) out="$RUN_DIR/phase-b" ;;
 c) out="$RUN_DIR/phase-c" ;;
-*) echo "phase a, b or c, not '$PHASE'" >&2; exit 2 ;;
+d) out="$RUN_DIR/phase-d" ;;
+*) echo "phase a, b, c or d, not '$PHASE'" >&2; exit 2 ;;
 esac
 if ls -d "$out"/checkpoint-* >/dev/null 2>&1; then resume=(--resume_from_checkpoint last); fi
 
@@ -41,13 +43,14 @@ if [ "$PHASE" = a ]; then
 else
     # Leak-free: the hidden pixels are painted with the harmonic fill before the VAE encodes the tile, and the
     # decoder predicts a correction to that fill's latents. Needs the images every step (no latent cache).
-    # Phase B's corpus-validation PSNR was still rising when its cosine ended, so phase C runs the same recipe
-    # again from its weights: a fresh warm-up, a higher base lr, a new data order and three times the steps.
-    if [ "$PHASE" = b ]; then
-        start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3
-    else
-        start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3
-    fi
+    # Corpus-validation PSNR was still rising when phase B's cosine ended, and again when phase C's did, so
+    # phases C and D each run the recipe again from the previous phase's weights: a fresh warm-up, a higher
+    # base lr, a new data order and three times phase B's steps.
+    case "$PHASE" in
+    b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
+    c) start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3 ;;
+    d) start=phase-c seed=2 steps="${PHASE_D_STEPS:-3000}" lr=2e-3 ;;
+    esac
     python train_lmd.py "${common[@]}" --seed "$seed" --model_name_or_path "$RUN_DIR/$start" \
         --config_overrides leak_free_training=true,harmonic_fill=true \
         --max_steps "$steps" --base_learning_rate "$lr" --save_steps 100 "${resume[@]}" "$@"
