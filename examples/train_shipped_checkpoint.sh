@@ -20,14 +20,18 @@ RUN_DIR="${RUN_DIR:-runs/shipped}"
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
 
-resume=()
+# Phases B to D start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
+# cosine ended, and again when phase C's did, so C and D each run B's recipe again: a fresh warm-up, a higher base
+# lr, a new data order and three times B's steps.
 case "$PHASE" in
-a) out="$RUN_DIR/phase-a" ;;
-b) out="$RUN_DIR/phase-b" ;;
-c) out="$RUN_DIR/phase-c" ;;
-d) out="$RUN_DIR/phase-d" ;;
+a) ;;
+b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
+c) start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3 ;;
+d) start=phase-c seed=2 steps="${PHASE_D_STEPS:-3000}" lr=2e-3 ;;
 *) echo "phase a, b, c or d, not '$PHASE'" >&2; exit 2 ;;
 esac
+out="$RUN_DIR/phase-$PHASE"
+resume=()
 if ls -d "$out"/checkpoint-* >/dev/null 2>&1; then resume=(--resume_from_checkpoint last); fi
 
 common=(--train_dir "$CORPUS/train" --validation_dir "$CORPUS/validation" --max_eval_samples 256
@@ -43,14 +47,6 @@ if [ "$PHASE" = a ]; then
 else
     # Leak-free: the hidden pixels are painted with the harmonic fill before the VAE encodes the tile, and the
     # decoder predicts a correction to that fill's latents. Needs the images every step (no latent cache).
-    # Corpus-validation PSNR was still rising when phase B's cosine ended, and again when phase C's did, so
-    # phases C and D each run the recipe again from the previous phase's weights: a fresh warm-up, a higher
-    # base lr, a new data order and three times phase B's steps.
-    case "$PHASE" in
-    b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
-    c) start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3 ;;
-    d) start=phase-c seed=2 steps="${PHASE_D_STEPS:-3000}" lr=2e-3 ;;
-    esac
     python train_lmd.py "${common[@]}" --seed "$seed" --model_name_or_path "$RUN_DIR/$start" \
         --config_overrides leak_free_training=true,harmonic_fill=true \
         --max_steps "$steps" --base_learning_rate "$lr" --save_steps 100 "${resume[@]}" "$@"
