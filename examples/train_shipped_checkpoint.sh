@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # How the shipped checkpoint (modeling_lmd/pretrained/demo-lmd) is trained: on the photograph corpus
-# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in four resumable phases.
+# (python -m modeling_lmd.corpus) with the shipped demo VAE, on CPU or GPU, in resumable phases.
 #
 #   bash examples/train_shipped_checkpoint.sh a    # phase A: cached latents, the loss on all patches
 #   bash examples/train_shipped_checkpoint.sh b    # phase B: leak-free with the harmonic fill, from phase A
 #   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B
 #   bash examples/train_shipped_checkpoint.sh d    # phase D: the same again, from phase C (shipped)
+#   bash examples/train_shipped_checkpoint.sh e    # phase E: 4,000 more from phase D (measured, not shipped)
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
 # (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
 # train_lmd.py. Wall-clock on 2 CPU cores: phase A about 15 min to cache the latents (once) and 19 min to train,
-# phase B 26 min, phases C and D 83 and 82 min (docs/RESULTS.md, "Shipped checkpoint").
+# phase B 26 min, phases C and D 83 and 82 min, E 114 min (docs/RESULTS.md, "Shipped checkpoint").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-PHASE="${1:?phase a, b, c or d}"; shift
+PHASE="${1:?phase a, b, c, d or e}"; shift
 RUN_DIR="${RUN_DIR:-runs/shipped}"
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
@@ -28,7 +29,8 @@ a) ;;
 b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
 c) start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3 ;;
 d) start=phase-c seed=2 steps="${PHASE_D_STEPS:-3000}" lr=2e-3 ;;
-*) echo "phase a, b, c or d, not '$PHASE'" >&2; exit 2 ;;
+e) start=phase-d seed=3 steps="${PHASE_E_STEPS:-4000}" lr=2e-3 ;;
+*) echo "phase a, b, c, d or e, not '$PHASE'" >&2; exit 2 ;;
 esac
 out="$RUN_DIR/phase-$PHASE"
 resume=()
