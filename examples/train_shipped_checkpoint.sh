@@ -5,8 +5,8 @@
 #   bash examples/train_shipped_checkpoint.sh a    # phase A: cached latents, the loss on all patches
 #   bash examples/train_shipped_checkpoint.sh b    # phase B: leak-free with the harmonic fill, from phase A
 #   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B
-#   bash examples/train_shipped_checkpoint.sh d    # phase D: the same again, from phase C (shipped)
-#   bash examples/train_shipped_checkpoint.sh e    # phase E: 4,000 more from phase D (measured, not shipped)
+#   bash examples/train_shipped_checkpoint.sh d    # phase D: the same again, from phase C
+#   bash examples/train_shipped_checkpoint.sh e    # phase E: 4,000 more from phase D (shipped)
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
 # (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
@@ -21,9 +21,9 @@ RUN_DIR="${RUN_DIR:-runs/shipped}"
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
 
-# Phases B to D start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
-# cosine ended, and again when phase C's did, so C and D each run B's recipe again: a fresh warm-up, a higher base
-# lr, a new data order and three times B's steps.
+# Phases B to E start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
+# cosine ended, and again after C and D, so C, D and E each run B's recipe again: a fresh warm-up, a higher base
+# lr, a new data order and three (C, D) or four (E) times B's steps.
 case "$PHASE" in
 a) ;;
 b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
