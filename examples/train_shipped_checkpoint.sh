@@ -7,30 +7,33 @@
 #   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B
 #   bash examples/train_shipped_checkpoint.sh d    # phase D: the same again, from phase C
 #   bash examples/train_shipped_checkpoint.sh e    # phase E: 4,000 more from phase D (shipped)
+#   bash examples/train_shipped_checkpoint.sh f    # phase F: 4,000 more from phase E at half the lr (measured, not shipped)
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
 # (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
 # train_lmd.py. Wall-clock on 2 CPU cores: phase A about 15 min to cache the latents (once) and 19 min to train,
-# phase B 26 min, phases C and D 83 and 82 min, E 114 min (docs/RESULTS.md, "Shipped checkpoint").
+# phase B 26 min, phases C and D 83 and 82 min, E 114 min, F 116 min (docs/RESULTS.md, "Shipped checkpoint").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-PHASE="${1:?phase a, b, c, d or e}"; shift
+PHASE="${1:?phase a, b, c, d, e or f}"; shift
 RUN_DIR="${RUN_DIR:-runs/shipped}"
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
 
-# Phases B to E start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
+# Phases B to F start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
 # cosine ended, and again after C and D, so C, D and E each run B's recipe again: a fresh warm-up, a higher base
-# lr, a new data order and three (C, D) or four (E) times B's steps.
+# lr, a new data order and three (C, D) or four (E, F) times B's steps; F restarts at half the lr, so its warm-up
+# undoes less of E's annealing.
 case "$PHASE" in
 a) ;;
 b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
 c) start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3 ;;
 d) start=phase-c seed=2 steps="${PHASE_D_STEPS:-3000}" lr=2e-3 ;;
 e) start=phase-d seed=3 steps="${PHASE_E_STEPS:-4000}" lr=2e-3 ;;
-*) echo "phase a, b, c, d or e, not '$PHASE'" >&2; exit 2 ;;
+f) start=phase-e seed=4 steps="${PHASE_F_STEPS:-4000}" lr=1e-3 ;;
+*) echo "phase a, b, c, d, e or f, not '$PHASE'" >&2; exit 2 ;;
 esac
 out="$RUN_DIR/phase-$PHASE"
 resume=()
