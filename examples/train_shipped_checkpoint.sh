@@ -23,8 +23,8 @@ CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
 
 # Phases B to F start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
-# cosine ended, and again after C and D, so C, D and E each run B's recipe again: a fresh warm-up, a higher base
-# lr, a new data order and three (C, D) or four (E, F) times B's steps; F restarts at half the lr, so its warm-up
+# cosine ended, and again after C, D and E, so C to F each run B's recipe again: a fresh warm-up, a new data order
+# and three (C, D) or four (E, F) times B's steps. C to E use twice B's base lr; F goes back to B's, so its warm-up
 # undoes less of E's annealing.
 case "$PHASE" in
 a) ;;
