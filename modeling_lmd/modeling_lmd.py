@@ -852,19 +852,28 @@ def spread_patch_mask(mask: torch.Tensor, size: tuple[int, int], cell: int) -> t
     return mask.repeat_interleave(cell, dim=2).repeat_interleave(cell, dim=3)
 
 
-#: Jacobi sweeps of `harmonic_fill` at each level of its pyramid: within 0.1-0.3 dB of the converged fill on
-#: 64 px tiles with 8 px patches hidden, at a third of the cost of sweeping the full-resolution image alone.
-HARMONIC_SWEEPS = 50
+#: Red-black sweeps of `harmonic_fill` at each level of its pyramid, over-relaxed by `HARMONIC_OVERRELAXATION`: within
+#: 0.02 dB of the converged fill on 64 px tiles with 8 px patches hidden. 50 plain Jacobi sweeps take 0.7x the time
+#: but stay 0.14 dB under it at mask ratio 0.75 on the unseen photographs (0.27 dB on the validation tiles), and a
+#: model decodes its correction on top of this fill, so the fill's own error stays in its output.
+HARMONIC_SWEEPS = 25
+HARMONIC_OVERRELAXATION = 1.85
 
 
-def relax_laplace(image: torch.Tensor, known: torch.Tensor, unknown: torch.Tensor, sweeps: int) -> torch.Tensor:
-    """`sweeps` Jacobi steps of Laplace's equation on `image` `(B, 3, H, W)`: each `unknown` pixel (mask 1) becomes
-    the mean of its four neighbours; `known` is the image with its unknown pixels zeroed."""
-    quarter = 0.25 * unknown
+def relax_laplace(image: torch.Tensor, unknown: torch.Tensor, sweeps: int) -> torch.Tensor:
+    """`sweeps` steps of successive over-relaxation for Laplace's equation on `image` `(B, 3, H, W)`: each `unknown`
+    pixel (mask 1) moves `HARMONIC_OVERRELAXATION` times the way to the mean of its four neighbours, the pixels of
+    one checkerboard colour first and then the other, which reads their fresh values (red-black Gauss-Seidel);
+    the other pixels keep their values. The image border mirrors its neighbours (replicate padding)."""
+    rows = torch.arange(image.shape[-2], device=image.device).view(-1, 1)
+    cols = torch.arange(image.shape[-1], device=image.device).view(1, -1)
+    red = ((rows + cols) % 2 == 0).to(image.dtype)
+    steps = (HARMONIC_OVERRELAXATION * unknown * red, HARMONIC_OVERRELAXATION * unknown * (1.0 - red))
     for _ in range(sweeps):
-        padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
-        neighbours = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
-        image = known + neighbours * quarter
+        for step in steps:
+            padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+            neighbours = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
+            image = image + step * (0.25 * neighbours - image)
     return image
 
 
@@ -888,7 +897,7 @@ def harmonic_fill(pixel_values: torch.Tensor, pixel_mask: torch.Tensor, sweeps: 
         start = F.interpolate(filled, size=values.shape[-2:], mode="bilinear", align_corners=False)
         unknown = (weights < 1.0 - 1e-3).to(values.dtype)
         known = values / weights.clamp(min=1e-6) * (1.0 - unknown)
-        filled = relax_laplace(known + start * unknown, known, unknown, sweeps)
+        filled = relax_laplace(known + start * unknown, unknown, sweeps)
     return filled
 
 
