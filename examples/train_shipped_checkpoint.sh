@@ -6,26 +6,41 @@
 #   bash examples/train_shipped_checkpoint.sh b    # phase B: leak-free with the harmonic fill, from phase A
 #   bash examples/train_shipped_checkpoint.sh c    # phase C: phase B's recipe 3x longer, from phase B
 #   bash examples/train_shipped_checkpoint.sh d    # phase D: the same again, from phase C
-#   bash examples/train_shipped_checkpoint.sh e    # phase E: 4,000 more from phase D (shipped)
+#   bash examples/train_shipped_checkpoint.sh e    # phase E: 4,000 more from phase D
 #   bash examples/train_shipped_checkpoint.sh f    # phase F: 4,000 more from phase E at half the lr (measured, not shipped)
+#   bash examples/train_shipped_checkpoint.sh g    # phase G: phase F again with the converged harmonic fill (shipped)
+#   bash examples/train_shipped_checkpoint.sh ship g    # its weights in float16 -> modeling_lmd/pretrained/demo-lmd
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
 # (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
 # train_lmd.py. Wall-clock on 2 CPU cores: phase A about 15 min to cache the latents (once) and 19 min to train,
-# phase B 26 min, phases C and D 83 and 82 min, E 114 min, F 116 min (docs/RESULTS.md, "Shipped checkpoint").
+# phase B 26 min, phases C and D 83 and 82 min, E 114 min, F 116 min, G 75 min (docs/RESULTS.md, "Shipped
+# checkpoint").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-PHASE="${1:?phase a, b, c, d, e or f}"; shift
+PHASE="${1:?phase a, b, c, d, e, f or g, or ship and a phase}"; shift
 RUN_DIR="${RUN_DIR:-runs/shipped}"
+if [ "$PHASE" = ship ]; then
+    # The package holds the weights in float16 (half the size); config.json keeps "dtype": "float32", so they load as
+    # float32. Only the weights change: the shipped config.json and the code files (links to the package's) stay.
+    python - "$RUN_DIR/phase-${1:?which phase to ship}/model.safetensors" modeling_lmd/pretrained/demo-lmd/model.safetensors <<'PY'
+import sys
+from safetensors.torch import load_file, save_file
+weights = load_file(sys.argv[1])
+save_file({name: tensor.half() for name, tensor in weights.items()}, sys.argv[2], metadata={"format": "pt"})
+PY
+    exit
+fi
 CORPUS="${CORPUS:-data/corpus}"
 [ -d "$CORPUS/train" ] || python -m modeling_lmd.corpus --output_dir "$CORPUS"
 
 # Phases B to F start from the previous phase's weights. Corpus-validation PSNR was still rising when phase B's
 # cosine ended, and again after C, D and E, so C to F each run B's recipe again: a fresh warm-up, a new data order
 # and three (C, D) or four (E, F) times B's steps. C to E use twice B's base lr; F goes back to B's, so its warm-up
-# undoes less of E's annealing.
+# undoes less of E's annealing. G is F (same seed, steps and lr) after the harmonic fill's solver became over-relaxed
+# red-black sweeps (converged where the earlier Jacobi sweeps were not); phases A to F were trained with the Jacobi fill.
 case "$PHASE" in
 a) ;;
 b) start=phase-a seed=0 steps="${PHASE_B_STEPS:-1000}" lr=1e-3 ;;
@@ -33,7 +48,8 @@ c) start=phase-b seed=1 steps="${PHASE_C_STEPS:-3000}" lr=2e-3 ;;
 d) start=phase-c seed=2 steps="${PHASE_D_STEPS:-3000}" lr=2e-3 ;;
 e) start=phase-d seed=3 steps="${PHASE_E_STEPS:-4000}" lr=2e-3 ;;
 f) start=phase-e seed=4 steps="${PHASE_F_STEPS:-4000}" lr=1e-3 ;;
-*) echo "phase a, b, c, d, e or f, not '$PHASE'" >&2; exit 2 ;;
+g) start=phase-e seed=4 steps="${PHASE_G_STEPS:-4000}" lr=1e-3 ;;
+*) echo "phase a, b, c, d, e, f or g, not '$PHASE'" >&2; exit 2 ;;
 esac
 out="$RUN_DIR/phase-$PHASE"
 resume=()
