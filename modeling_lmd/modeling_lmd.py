@@ -860,20 +860,25 @@ HARMONIC_SWEEPS = 25
 HARMONIC_OVERRELAXATION = 1.85
 
 
+def neighbour_mean(image: torch.Tensor) -> torch.Tensor:
+    """`(B, C, H, W)` -> the mean of each pixel's four neighbours, the border mirroring its neighbours (replicate
+    padding): Laplace's equation holds where a pixel equals it."""
+    padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
+    return 0.25 * (padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:])
+
+
 def relax_laplace(image: torch.Tensor, unknown: torch.Tensor, sweeps: int) -> torch.Tensor:
     """`sweeps` steps of successive over-relaxation for Laplace's equation on `image` `(B, 3, H, W)`: each `unknown`
     pixel (mask 1) moves `HARMONIC_OVERRELAXATION` times the way to the mean of its four neighbours, the pixels of
     one checkerboard colour first and then the other, which reads their fresh values (red-black Gauss-Seidel);
-    the other pixels keep their values. The image border mirrors its neighbours (replicate padding)."""
+    the other pixels keep their values."""
     rows = torch.arange(image.shape[-2], device=image.device).view(-1, 1)
     cols = torch.arange(image.shape[-1], device=image.device).view(1, -1)
     red = ((rows + cols) % 2 == 0).to(image.dtype)
     steps = (HARMONIC_OVERRELAXATION * unknown * red, HARMONIC_OVERRELAXATION * unknown * (1.0 - red))
     for _ in range(sweeps):
         for step in steps:
-            padded = F.pad(image, (1, 1, 1, 1), mode="replicate")
-            neighbours = padded[..., :-2, 1:-1] + padded[..., 2:, 1:-1] + padded[..., 1:-1, :-2] + padded[..., 1:-1, 2:]
-            image = image + step * (0.25 * neighbours - image)
+            image = image + step * (neighbour_mean(image) - image)
     return image
 
 
