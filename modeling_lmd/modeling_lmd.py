@@ -323,15 +323,21 @@ class LMDEmbeddings(nn.Module):
         return torch.cat([cls_tokens, tokens], dim=1), ids_restore
 
 
+UNEQUAL_MASKS_MESSAGE = ("bool_masked_pos must hide as many patches in every sample of a batch (the encoder keeps "
+                         "as many visible patches of each), and with `num_visible` exactly L - num_visible; for "
+                         "masks of different sizes, use `modeling_lmd.reconstruct`, which runs them one by one.")
+
+
 def resolve_hidden_patches(
     batch: int, num_patches: int, device, bool_masked_pos: torch.Tensor | None = None,
     noise: torch.Tensor | None = None, num_visible: int | None = None, mask_ratio: float | None = None,
 ) -> tuple[torch.Tensor | None, int | None]:
     """The one place the masking inputs meet: `(B, L)` bool, True where a patch is hidden, and K, how many stay.
 
-    - `bool_masked_pos` (transformers' name and meaning): as given. Every sample must hide as many; K is
-      `num_visible` when given, else counted from the first sample (one host sync: the Trainer and `reconstruct`
-      pass the count).
+    - `bool_masked_pos` (transformers' name and meaning): as given. Every sample must hide as many, or a hidden
+      patch would reach the encoder (K patches are kept from every sample); K is `num_visible` when given (the
+      Trainer and `reconstruct` pass it: then the counts are checked on the device, `torch._assert_async`, so the
+      step never waits for the host), else counted (one host read, which also checks the counts).
     - `noise` `(B, L)` (ViTMAE's): random masking, the K lowest stay visible, K = `num_visible` or
       `int(L * (1 - mask_ratio))`. A visible count passed as an int keeps one compiled graph across a schedule.
     - neither: with a `mask_ratio` (pre-training masks by `config.mask_ratio`), noise drawn afresh; without, no
@@ -342,7 +348,14 @@ def resolve_hidden_patches(
             raise ValueError(f"Expected {name} of shape ({batch}, {num_patches}), got {tuple(given.shape)}.")
     if bool_masked_pos is not None:
         hidden = bool_masked_pos.to(device=device, dtype=torch.bool)
-        return hidden, num_patches - int(hidden[0].sum()) if num_visible is None else num_visible
+        counts = hidden.sum(dim=1)  # (B,) hidden patches of each sample
+        if num_visible is not None:
+            torch._assert_async(torch.all(counts == num_patches - num_visible), UNEQUAL_MASKS_MESSAGE)
+            return hidden, num_visible
+        fewest, most = torch.stack([counts.min(), counts.max()]).tolist()
+        if fewest != most:
+            raise ValueError(f"{UNEQUAL_MASKS_MESSAGE} Got between {fewest} and {most} hidden patches per sample.")
+        return hidden, num_patches - fewest
     if noise is None and num_visible is None and mask_ratio is None:
         return None, None
     num_visible = num_visible_patches(mask_ratio, num_patches) if num_visible is None else num_visible
