@@ -16,7 +16,9 @@ Reading images (`to_rgb_image`, the one reader of the pipeline, the app and trai
 Shipped as remote code next to every checkpoint, so it imports only numpy, PIL, torch, transformers and diffusers.
 """
 
+import contextlib
 import io
+import math
 import os
 import warnings
 from typing import Any
@@ -25,6 +27,7 @@ import numpy as np
 import PIL.Image
 import PIL.ImageChops
 import PIL.ImageOps
+import PIL.ImageStat
 import torch
 from diffusers.image_processor import VaeImageProcessor
 from transformers.image_processing_backends import PilBackend
@@ -185,6 +188,17 @@ def open_image(image: Any) -> PIL.Image.Image:
                     "tensor.")
 
 
+@contextlib.contextmanager
+def naming_list_item(index: int | None):
+    """Errors reading item `index` of a list of images say which item it was (nothing added for a single image)."""
+    try:
+        yield
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        if index is None:
+            raise
+        raise type(error)(f"Image {index} of the list (counting from 0): {error}") from error
+
+
 def to_rgb_image(image: Any) -> PIL.Image.Image:
     """A path, URL, PIL image, numpy array or torch tensor -> an upright RGB PIL image, read by the rules in this
     module's docstring. An upright RGB PIL image comes back as itself, not a copy."""
@@ -199,6 +213,8 @@ def to_rgb_image(image: Any) -> PIL.Image.Image:
 
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+#: How far PIL's bicubic filter reaches, in source pixels at 1:1 (times the factor when downscaling).
+BICUBIC_SUPPORT = 2.0
 #: `paste_fill` works on strips of about this many pixels (a megapixel: 3 MB of fill, 1 MB of weights).
 PASTE_STRIP_PIXELS = 2**20
 
@@ -285,7 +301,11 @@ class LMDImageProcessor(PilBackend):
         if not items:
             raise ValueError("No images given.")
         # Convert everything to RGB PIL first: grayscale, RGBA, palette and odd array layouts all end up alike.
-        return super().preprocess([to_rgb_image(image) for image in items], *args, **kwargs)
+        rgb = []
+        for index, image in enumerate(items):
+            with naming_list_item(index if len(items) > 1 else None):
+                rgb.append(to_rgb_image(image))
+        return super().preprocess(rgb, *args, **kwargs)
 
     def _preprocess(
         self,
@@ -358,6 +378,25 @@ class LMDImageProcessor(PilBackend):
             )
         return mask if mask.dtype == bool else mask != 0
 
+    def photo_mask(self, mask: Any, photo: PIL.Image.Image, image: PIL.Image.Image) -> np.ndarray:
+        """`mask_array` of a user's mask over `image`, the upright RGB of `photo` (the image as given), with a
+        warning where the two were turned differently by their EXIF orientations (a mask array carries none): the
+        mask is then taken over the upright photo, and one drawn on the photo as stored lands elsewhere. A turn by
+        90 degrees shows in the mask's shape, and `mask_array` refuses it."""
+        if isinstance(mask, (str, os.PathLike)):
+            mask = load_image_file(mask)
+        array = self.mask_array(mask, (image.height, image.width))
+        photo_turn = exif_orientation(photo)
+        mask_turn = exif_orientation(mask) if isinstance(mask, PIL.Image.Image) else 1  # arrays: as they are
+        if mask_turn != photo_turn:
+            given = (f"EXIF orientation {mask_turn}" if mask_turn != 1 else
+                     "no EXIF orientation" if isinstance(mask, PIL.Image.Image) else "no EXIF (an array)")
+            warnings.warn(f"The photo has EXIF orientation {photo_turn} and the mask {given}, so they were turned "
+                          "differently and the mask is taken over the upright photo: a mask drawn on the photo as "
+                          "stored lands elsewhere. Draw it on PIL.ImageOps.exif_transpose(photo), or give the mask "
+                          "image the photo's EXIF.", UserWarning, stacklevel=3)
+        return array
+
     def preprocess_mask(self, mask: Any, image_size: tuple[int, int], do_center_crop: bool | None = None) -> np.ndarray:
         """A mask over an input image's pixels (see `mask_array`) -> a boolean `(height, width)` mask over the
         processed image.
@@ -400,6 +439,27 @@ class LMDImageProcessor(PilBackend):
         crop = VaeImageProcessor.get_crop_region(PIL.Image.fromarray(mask), self.size["width"], self.size["height"],
                                                  pad=padding)
         return tuple(int(side) for side in crop)
+
+    def model_view(self, photo: PIL.Image.Image, hidden: np.ndarray, box: tuple[int, int, int, int]) -> PIL.Image.Image:
+        """What the model sees of `photo`: its `box` resized to `size` (bicubic), with the `hidden` pixels (boolean
+        over the photo) painted first with the mean colour of the visible ones around the box. The resize's filter
+        reaches up to `BICUBIC_SUPPORT` source pixels (times the downscaling factor) past each output pixel's own
+        footprint, so without the paint a model pixel counted as visible would mix in photo pixels from under the
+        mask, and they would reach the fill. Only the box and that reach are copied; where nothing hidden is within
+        reach the view is the plain resize, bit for bit."""
+        left, top, right, bottom = box
+        width, height = self.size["width"], self.size["height"]
+        reach = math.ceil(BICUBIC_SUPPORT * max(1.0, (right - left) / width, (bottom - top) / height)) + 1
+        outer = (max(left - reach, 0), max(top - reach, 0), min(right + reach, photo.width),
+                 min(bottom + reach, photo.height))
+        window = photo.crop(outer)
+        hidden_window = PIL.Image.fromarray(hidden[outer[1] : outer[3], outer[0] : outer[2]])  # mode "1"
+        if hidden_window.getbbox() is not None:
+            visible = PIL.ImageChops.invert(hidden_window.convert("L"))
+            window.paste(tuple(round(value) for value in PIL.ImageStat.Stat(window, mask=visible).mean),
+                         mask=hidden_window)
+        inner = (left - outer[0], top - outer[1], right - outer[0], bottom - outer[1])
+        return window.resize((width, height), PIL.Image.Resampling.BICUBIC, box=inner)
 
     @staticmethod
     def blend_weights(mask: np.ndarray, box: tuple[int, int, int, int], blend_width: int) -> PIL.Image.Image:
@@ -477,4 +537,4 @@ class LMDImageProcessor(PilBackend):
 
 
 __all__ = ["OUTPUT_TYPES", "LMDImageProcessor", "bounding_box", "check_output_type", "cover_and_crop",
-           "exif_orientation", "load_image_file", "open_image", "to_rgb_image", "upright"]
+           "exif_orientation", "load_image_file", "naming_list_item", "open_image", "to_rgb_image", "upright"]

@@ -8,8 +8,6 @@ outputs into images.
 """
 
 import numbers
-import os
-import warnings
 from typing import Any
 
 import numpy as np
@@ -18,14 +16,15 @@ import torch
 from transformers import Pipeline
 
 from .configuration_lmd import REVEAL_ORDERS, check_choice
-from .image_processing_lmd import LMDImageProcessor, check_output_type, exif_orientation, open_image, to_rgb_image
+from .image_processing_lmd import LMDImageProcessor, check_output_type, naming_list_item, open_image, to_rgb_image
 from .mask_schedulers import check_mask_ratio
-from .reconstruction_lmd import colour_correct, reconstruct
+from .reconstruction_lmd import choose_hidden_patches, colour_correct, reconstruct
 
 
 TASK = "lmd-reconstruction"
-#: Photo pixels, inside the mask, over which the model's fill fades into the photo (`blend_width`).
-DEFAULT_BLEND_WIDTH = 4
+#: Photo pixels, inside the mask, over which the model's fill fades into the photo (`blend_width`): none, as
+#: diffusers blurs a mask only when asked, so that by default nothing under the mask reaches the output.
+DEFAULT_BLEND_WIDTH = 0
 SEED_BITS = 64  # what `torch.Generator.manual_seed` takes
 
 
@@ -80,9 +79,12 @@ class LMDReconstructionPipeline(Pipeline):
     The model sees a region of the photo at its own resolution (`config.image_size`): with `mask` (inpainting), a
     square around the whole mask with `padding_mask_crop` pixels of context (diffusers' `get_crop_region`; default
     half the mask's extent; see `LMDImageProcessor.mask_crop_box`); without, the photo's centred square, where a
-    random `mask_ratio` of latent patches is hidden. Either way the hidden pixels are painted over before the VAE
-    sees them, and the model's fill is pasted back into the photo inside the mask only (diffusers'
-    `apply_overlay`): outside the mask, the user's or the hidden patches, the result is the photo bit for bit.
+    random `mask_ratio` of latent patches is hidden. Either way nothing under the mask reaches the model: the
+    hidden photo pixels are painted over before the photo is resized to the model's view
+    (`LMDImageProcessor.model_view`), and the hidden patches again before the VAE sees them. The model's fill is
+    pasted back into the photo inside the mask only (diffusers' `apply_overlay`): outside the mask, the user's or
+    the hidden patches, the result is the photo bit for bit, and inside it the fill, unless `blend_width` asks
+    for a band where the photo's own pixels fade in.
 
     Images are read by `image_processing_lmd.to_rgb_image`: upright by their EXIF orientation (paths, PIL images
     and mask images alike), 16-bit scaled by 255 / 65535, floats in [0, 1], transparency onto white with a warning.
@@ -96,8 +98,9 @@ class LMDReconstructionPipeline(Pipeline):
     - `seed` (any int >= 0; image `i` of a call draws from `torch.Generator().manual_seed(seed + i)`, seeds of
       2**64 and above folded into 64 bits) or `generator` (a `torch.Generator`, from which each image draws a seed
       of its own, or a list of one per image).
-    - `padding_mask_crop` (int >= 0), `blend_width` (int >= 0, default 4: photo pixels inside the mask's border over
-      which the fill fades in; 0 pastes it hard, and then no input pixel under the mask reaches the output).
+    - `padding_mask_crop` (int >= 0), `blend_width` (int >= 0, default 0: the fill pasted hard, so no pixel under
+      the mask reaches the output; `n` fades the fill in over the mask's outer `n` pixels, where the photo's own
+      pixels then show with weight `1 - LMDImageProcessor.blend_weights`).
     - `num_inference_steps` (progressive un-masking), `reveal_order`, `output_type` (`"pil"`, `"np"` float in
       [0, 1] `(H, W, 3)`, `"pt"` `(3, H, W)`).
 
@@ -197,74 +200,77 @@ class LMDReconstructionPipeline(Pipeline):
             check_choice("reveal_order", reveal_order, REVEAL_ORDERS)
         if output_type is not None:
             check_output_type(output_type)
-        preprocess_params = {"mask": mask, "seed": seed, "generator": generator, "padding_mask_crop": padding_mask_crop}
-        forward_params = {"mask_ratio": mask_ratio, "num_inference_steps": num_inference_steps,
-                          "reveal_order": reveal_order}
+        preprocess_params = {"mask": mask, "mask_ratio": mask_ratio, "seed": seed, "generator": generator,
+                             "padding_mask_crop": padding_mask_crop}
+        forward_params = {"num_inference_steps": num_inference_steps, "reveal_order": reveal_order}
         postprocess_params = {"output_type": output_type, "blend_width": blend_width}
         return tuple({k: v for k, v in params.items() if v is not None}
                      for params in (preprocess_params, forward_params, postprocess_params))
 
-    def preprocess(self, inputs: Any, mask: Any = None, seed: int | None = None, generator=None,
-                   padding_mask_crop: int | None = None) -> dict[str, Any]:
+    def preprocess(self, inputs: Any, mask: Any = None, mask_ratio: float | None = None, seed: int | None = None,
+                   generator=None, padding_mask_crop: int | None = None) -> dict[str, Any]:
         item = self._as_dict(inputs)
         mask = item.get("mask", mask)
-        source = open_image(item["image"])
-        image = to_rgb_image(source)
+        with naming_list_item(item.get("index")):
+            source = open_image(item["image"])
+            image = to_rgb_image(source)
+            user_mask = None if mask is None else self.image_processor.photo_mask(mask, source, image)
         processor, side = self.image_processor, self.model.config.image_size
-        photo_mask = None if mask is None else processor.mask_array(mask, (image.height, image.width))
-        if photo_mask is not None and exif_orientation(source) != 1 and not isinstance(mask, (PIL.Image.Image, str,
-                                                                                              os.PathLike)):
-            warnings.warn("The photo was turned upright by its EXIF orientation, and the mask array is taken over "
-                          "the upright photo; a mask drawn on the photo as stored lands elsewhere (draw it on "
-                          "PIL.ImageOps.exif_transpose(photo)).", UserWarning, stacklevel=2)
-        box = (processor.center_square_box(image.height, image.width) if photo_mask is None
-               else processor.mask_crop_box(photo_mask, padding_mask_crop))
-        # Resized straight from the photo (`box=`), so the crop is never copied at the photo's resolution.
-        view = image.resize((side, side), PIL.Image.Resampling.BICUBIC, box=box)
-        # The photo, its crop box and its mask travel as PIL images and tuples: batching leaves those untouched.
-        model_inputs = {
-            "pixel_values": processor(view, do_resize=False, return_tensors="pt")["pixel_values"].to(
-                self.dtype or torch.float32),
-            "generator": image_generator(seed, generator, item.get("index", 0)),
-            "photo": image,
-            "owns_photo": image is not item["image"],  # decoded or converted here: pasted into in place
-            "box": box,
-        }
-        if photo_mask is not None:
+        stream = image_generator(seed, generator, item.get("index", 0))
+        # The hidden patches are chosen before the model's view is made, so that the view can leave their pixels out.
+        if user_mask is None:
+            box = processor.center_square_box(image.height, image.width)
+            grid = (side // self.model.config.patch_pixels,) * 2
+            patch_mask = choose_hidden_patches(self.model, 1, grid, mask_ratio, None, [stream], "cpu")
+            hidden = self.photo_region(patch_mask, box, (image.height, image.width))
+        else:
+            box, hidden = processor.mask_crop_box(user_mask, padding_mask_crop), user_mask
             left, top, right, bottom = box
-            model_mask = processor.preprocess_mask(photo_mask[top:bottom, left:right], (bottom - top, right - left),
+            model_mask = processor.preprocess_mask(user_mask[top:bottom, left:right], (bottom - top, right - left),
                                                    do_center_crop=False)
             patch_mask = self.model.patches_of_pixels(torch.from_numpy(model_mask)[None])
             if bool(patch_mask.all()):
-                raise ValueError(no_context_message(box, photo_mask.shape, padding_mask_crop))
-            model_inputs["patch_mask"] = patch_mask
-            model_inputs["photo_mask"] = PIL.Image.fromarray(photo_mask)  # mode "1": as small as the array
-        return model_inputs
+                raise ValueError(no_context_message(box, user_mask.shape, padding_mask_crop))
+        view = processor.model_view(image, hidden, box)
+        # The photo, its crop box and its mask travel as PIL images and tuples: batching leaves those untouched.
+        return {
+            "pixel_values": processor(view, do_resize=False, return_tensors="pt")["pixel_values"].to(
+                self.dtype or torch.float32),
+            "patch_mask": patch_mask,
+            "generator": stream,  # the mask was its first draw; the reveal order comes next
+            "photo": image,
+            "owns_photo": image is not item["image"],  # decoded or converted here: pasted into in place
+            "box": box,
+            "photo_mask": PIL.Image.fromarray(hidden),  # mode "1": as small as the array
+        }
 
-    def _forward(self, model_inputs: dict[str, Any], mask_ratio: float | None = None, num_inference_steps: int = 1,
+    def photo_region(self, patch_mask: torch.Tensor, box: tuple[int, int, int, int],
+                     photo_size: tuple[int, int]) -> np.ndarray:
+        """Hidden latent patches `(1, L)` of the model's view of `box` -> boolean `(H, W)` over the photo: each
+        photo pixel takes the model pixel its centre falls in (nearest)."""
+        left, top, right, bottom = box
+        side = self.model.config.image_size
+        square = self.model.pixels_of_patches(patch_mask, (side, side))[0, 0].numpy()
+        region = np.zeros(photo_size, dtype=bool)
+        region[top:bottom, left:right] = np.asarray(PIL.Image.fromarray(square).resize(
+            (right - left, bottom - top), PIL.Image.Resampling.NEAREST))
+        return region
+
+    def _forward(self, model_inputs: dict[str, Any], num_inference_steps: int = 1,
                  reveal_order: str = "random") -> dict[str, torch.Tensor]:
         generators = model_inputs["generator"]  # one per image, a list when batched
         pixel_values = model_inputs["pixel_values"]
-        output = reconstruct(self.model, pixel_values, mask_ratio=mask_ratio,
-                             bool_masked_pos=model_inputs.get("patch_mask"),
+        output = reconstruct(self.model, pixel_values, bool_masked_pos=model_inputs["patch_mask"],
                              generator=generators if isinstance(generators, list) else [generators],
                              num_inference_steps=num_inference_steps, reveal_order=reveal_order)
         return {**output, "fill": colour_correct(output.decoded, pixel_values.to(output.decoded.dtype),
                                                  output.pixel_mask),
-                **{key: model_inputs[key] for key in ("photo", "owns_photo", "box", "photo_mask")
-                   if key in model_inputs}}
+                **{key: model_inputs[key] for key in ("photo", "owns_photo", "box", "photo_mask")}}
 
     def postprocess(self, model_outputs: dict[str, Any], output_type: str = "pil",
                     blend_width: int = DEFAULT_BLEND_WIDTH) -> dict[str, Any]:
         processor, photo, box = self.image_processor, model_outputs["photo"], model_outputs["box"]
-        if "photo_mask" in model_outputs:
-            region = np.asarray(model_outputs["photo_mask"])
-        else:  # the hidden latent patches, mapped from the model's square onto the photo
-            left, top, right, bottom = box
-            square = PIL.Image.fromarray(model_outputs["pixel_mask"][0, 0].bool().cpu().numpy())
-            region = np.zeros((photo.height, photo.width), dtype=bool)
-            region[top:bottom, left:right] = np.asarray(square.resize((right - left, bottom - top),
-                                                                      PIL.Image.Resampling.NEAREST))
+        region = np.asarray(model_outputs["photo_mask"])
         fill = processor.postprocess(model_outputs["fill"])[0]
         reconstruction = processor.paste_fill(photo, fill, box, region, blend_width,
                                               copy=not model_outputs["owns_photo"])

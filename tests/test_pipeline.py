@@ -2,6 +2,7 @@
 
 import json
 import time
+import warnings
 
 import numpy as np
 import PIL.Image
@@ -101,8 +102,9 @@ def test_the_blend_width_is_photo_pixels_inside_the_mask_whatever_the_photo_size
         photo = make_image(40 * scale, 60 * scale, seed=scale)
         hole = np.zeros((40 * scale, 60 * scale), dtype=bool)
         hole[10 * scale : 30 * scale, 20 * scale : 40 * scale] = True
-        hard = np.array(pipe(photo, mask=hole, blend_width=0)["reconstruction"]).astype(int)
-        soft = np.array(pipe(photo, mask=hole)["reconstruction"]).astype(int)  # the default, 4 px
+        hard = np.array(pipe(photo, mask=hole)["reconstruction"]).astype(int)  # the default: pasted hard
+        assert np.array_equal(hard, np.array(pipe(photo, mask=hole, blend_width=0)["reconstruction"]))
+        soft = np.array(pipe(photo, mask=hole, blend_width=4)["reconstruction"]).astype(int)
         changed = np.nonzero((hard != soft).any(axis=-1))
         assert hole[changed].all()
         depth = np.minimum.reduce([changed[0] - 10 * scale, 30 * scale - 1 - changed[0],
@@ -411,7 +413,7 @@ def save_with_orientation(image: PIL.Image.Image, path, orientation: int):
     image.save(path, exif=exif)
 
 
-@pytest.mark.filterwarnings("ignore:The photo was turned upright by its EXIF orientation")
+@pytest.mark.filterwarnings("ignore:The photo has EXIF orientation")
 def test_exif_orientation_is_applied_alike_to_paths_pil_images_and_mask_images(pipe, tmp_path):
     """A path was turned upright but a PIL image opened from the same file was not, so a mask drawn for one landed
     elsewhere in the other (961 of 1,024 masked pixels left unchanged, no error)."""
@@ -434,5 +436,34 @@ def test_exif_orientation_is_applied_alike_to_paths_pil_images_and_mask_images(p
     assert results[0].shape == (60, 40, 3) and np.array_equal(results[0][~hole], np.array(upright)[~hole])
     with pytest.raises(ValueError, match="must match. Images are read upright"):
         pipe(str(tmp_path / "photo.png"), mask=hole.T)  # drawn on the photo as stored
-    with pytest.warns(UserWarning, match="turned upright by its EXIF orientation, and the mask array"):
+    with pytest.warns(UserWarning, match=r"EXIF orientation 6 and the mask no EXIF \(an array\)"):
         pipe(str(tmp_path / "photo.png"), mask=hole)  # an array mask with a turned photo: said
+
+
+def test_a_mask_image_turned_otherwise_than_its_photo_is_said(pipe, tmp_path):
+    """A mask file without EXIF on a photo turned by half a turn (the same shape either way) was used as if drawn
+    on the upright photo, with no word."""
+    save_with_orientation(make_image(40, 60), tmp_path / "photo.png", 3)
+    hole = np.zeros((40, 60), dtype=bool)
+    hole[5:15, 10:30] = True
+    PIL.Image.fromarray(hole).save(tmp_path / "plain-mask.png")
+    save_with_orientation(PIL.Image.fromarray(hole).convert("L"), tmp_path / "turned-mask.png", 3)
+    for mask in (str(tmp_path / "plain-mask.png"), PIL.Image.open(tmp_path / "plain-mask.png")):
+        with pytest.warns(UserWarning, match="EXIF orientation 3 and the mask no EXIF orientation"):
+            pipe(str(tmp_path / "photo.png"), mask=mask)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # turned as the photo is: nothing to say
+        pipe(str(tmp_path / "photo.png"), mask=str(tmp_path / "turned-mask.png"))
+        save_with_orientation(make_image(40, 60), tmp_path / "upright.png", 1)
+        pipe(str(tmp_path / "upright.png"), mask=hole)
+
+
+def test_a_bad_image_in_a_list_is_named_by_its_index(pipe):
+    good = make_image(40, 60)
+    bad = np.full((40, 60, 3), 300.0)  # floats outside [0, 1]
+    with pytest.raises(ValueError, match=r"Image 1 of the list \(counting from 0\): Float images must be in \[0, 1\]"):
+        pipe([good, bad, good], seed=0)
+    with pytest.raises(ValueError, match=r"Image 2 of the list .*: Expected an image array of shape"):
+        pipe.image_processor([good, good, np.zeros((2, 3, 4, 5))])
+    with pytest.raises(ValueError, match=r"^Float images must be in \[0, 1\]"):  # one image: nothing to number
+        pipe(bad)
