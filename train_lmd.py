@@ -13,6 +13,12 @@ Example (CPU, the shipped demo VAE, an image folder)::
         --per_device_train_batch_size 32 --base_learning_rate 1.5e-4 --warmup_steps 0.05 \
         --logging_steps 10 --eval_strategy steps --eval_steps 100 --save_steps 100
 
+An output folder belongs to one run (`modeling_lmd.run_folder`): a folder that holds files is refused unless the run
+resumes (`--resume_from_checkpoint last`, which ignores `--overwrite_output_dir`: a resume never deletes what it
+resumes) or `--overwrite_output_dir` starts anew there. A resume keeps every model, loss, masking, data, seed, batch
+and optimizer setting of the checkpoint (a change is refused, naming each one); only `--max_steps` /
+`--num_train_epochs` (extending a run) and the evaluation `mask_ratio` may change, each change logged.
+
 At the end the output folder holds the model (weights, config and remote code), its image processor,
 `reconstructions.png` (original | masked | reconstruction | reconstruction + visible, validation images),
 `metrics.json` and a model card (`README.md`); `--push_to_hub --hub_model_id user/name` publishes it.
@@ -20,7 +26,6 @@ At the end the output folder holds the model (weights, config and remote code), 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -56,13 +61,13 @@ from modeling_lmd.data import (
 from modeling_lmd.metrics import save_reconstruction_grid
 from modeling_lmd.model_card import render_model_card
 from modeling_lmd.pretrained import DEMO_VAE
-from modeling_lmd.run_folder import check_resume_matches, claim_output_dir, run_files, run_settings
+from modeling_lmd.run_folder import check_resume_matches, run_settings
 from modeling_lmd.trainer import (
     LMDTrainer,
     LMDTrainingArguments,
-    check_checkpoint,
-    last_complete_checkpoint,
+    claimed_output_dir,
     total_train_batch_size,
+    training_settings,
 )
 from modeling_lmd.vae_lmd import read_vae_config, vae_reference
 
@@ -355,27 +360,6 @@ def card_facts(model_args, data_args, training_args, trainer, vae_description, a
     }
 
 
-def resume_checkpoint(training_args: LMDTrainingArguments) -> str | None:
-    """The checkpoint to resume from: `--resume_from_checkpoint last` takes the newest one a kill did not cut short
-    (none in a new folder; a folder with files but no such checkpoint is refused, as it would be started over), and
-    a named one is checked the same way, before anything is built."""
-    checkpoint, output_dir = training_args.resume_from_checkpoint, training_args.output_dir
-    if checkpoint in ("last", "latest", "auto"):
-        checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-        if checkpoint is None and run_files(output_dir) and not training_args.overwrite_output_dir:
-            raise ValueError(f"Output directory ({output_dir}) holds files but no complete checkpoint to resume "
-                             "from; use --overwrite_output_dir to start anew there (deleting them), or another "
-                             "--output_dir.")
-        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No checkpoint yet: starting anew.")
-    elif checkpoint is not None:
-        try:
-            check_checkpoint(checkpoint)
-        except Exception as error:  # noqa: BLE001 - re-raised with what to do
-            raise ValueError(f"Cannot resume from {checkpoint} ({type(error).__name__}: {error}); "
-                             "--resume_from_checkpoint last picks the newest complete checkpoint.") from error
-    return checkpoint
-
-
 def set_up_logging(training_args: LMDTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])
@@ -427,20 +411,40 @@ def main(args: list[str] | str | None = None) -> dict[str, Any]:
     """Train / evaluate / save / push; returns the metrics written to `metrics.json`."""
     model_args, data_args, training_args = parse_arguments(args)
     set_up_logging(training_args)
-    checkpoint = resume_checkpoint(training_args)
-    # Before anything is written: the folder is this run's (see modeling_lmd.run_folder); the lock is held to the end.
-    lock = claim_output_dir(training_args.output_dir, resuming=checkpoint is not None,
-                            overwrite=training_args.overwrite_output_dir,
-                            main_process=training_args.process_index == 0)
-    with lock or contextlib.nullcontext():
+    with claimed_output_dir(training_args) as checkpoint:
         return train_in_claimed_folder(model_args, data_args, training_args, checkpoint)
+
+
+def data_settings(data_args: DataArguments) -> dict:
+    """Which images a run trains on, and in which views: what a resume must keep (`modeling_lmd.run_folder`). A
+    folder is named by its absolute path, the same from any working directory."""
+
+    def location(path: str | None) -> str | None:
+        return os.path.abspath(path) if path is not None and os.path.exists(path) else path
+
+    cached = data_args.cache_latents
+    return {
+        "dataset_name": location(data_args.dataset_name),
+        "dataset_config_name": data_args.dataset_config_name,
+        "train_dir": location(data_args.train_dir),
+        # Without a validation split, train_val_split carves it off the training images.
+        "validation_dir": location(data_args.validation_dir),
+        "train_val_split": data_args.train_val_split,
+        "image_column_name": data_args.image_column_name,
+        "max_train_samples": data_args.max_train_samples,
+        "streaming": data_args.streaming,
+        "cache_latents": cached,
+        "latent_cache_views": data_args.latent_cache_views if cached else None,
+        "latent_flip": data_args.latent_flip if cached else None,
+    }
 
 
 def train_in_claimed_folder(model_args, data_args, training_args, checkpoint: str | None) -> dict[str, Any]:
     set_seed(training_args.seed)  # a new model's initialisation is reproducible
     model, vae_description = build_model(model_args, data_args)
-    settings = run_settings(model.config, None if model_args.model_name_or_path else model_args.model_preset,
-                            data_args.latent_cache_dtype if data_args.cache_latents else None)
+    settings = run_settings(model.config, training_settings(training_args), data_settings(data_args),
+                            model_preset=None if model_args.model_name_or_path else model_args.model_preset,
+                            latent_cache_dtype=data_args.latent_cache_dtype if data_args.cache_latents else None)
     if checkpoint is not None:  # before the latents are cached with this run's VAE
         check_resume_matches(checkpoint, settings)
     train_dataset, eval_dataset, augmentation = build_datasets(data_args, training_args, model)

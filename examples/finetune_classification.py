@@ -29,6 +29,11 @@ On a GPU, a Hub dataset and a Hub LMD checkpoint, published on the Hub at the en
         --num_train_epochs 5 --per_device_train_batch_size 64 --learning_rate 1e-3 --bf16 \
         --eval_strategy epoch --logging_steps 10 --push_to_hub --hub_model_id your-name/lmd-base-beans
 
+An output folder belongs to one run, as in `train_lmd.py` (`modeling_lmd.run_folder`): a folder that already holds
+files is refused unless the run resumes from it (`--resume_from_checkpoint last`) or `--overwrite_output_dir` starts
+anew there (deleting them first; ignored when resuming), and a second live run on it is refused, so a LoRA adapter
+and a full model never end up side by side. Every `--lora_target_modules` name must match a module.
+
 The output folder (model, image processor, metrics, model card) loads with
 `pipeline("image-classification", model=output_dir, trust_remote_code=True)`, with or without the package installed
 (its config names the code it ships). Images are read as pre-training reads them: every file is opened before the
@@ -45,11 +50,13 @@ import datasets
 import numpy as np
 import torch
 import transformers
-from transformers import EvalPrediction, HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers import EvalPrediction, HfArgumentParser, Trainer, set_seed
 
 from modeling_lmd import LMDForImageClassification, LMDImageProcessor
 from modeling_lmd.data import RandomResizedCropFlip, drop_unreadable_images, load_image_datasets
 from modeling_lmd.pretrained import DEMO_LMD
+from modeling_lmd.run_folder import OutputDirTrainingArguments
+from modeling_lmd.trainer import claimed_output_dir, is_vae_parameter
 
 
 logger = logging.getLogger(__name__)
@@ -74,7 +81,9 @@ class ModelArguments:
     lora_alpha: float = field(default=16, metadata={"help": "LoRA scaling (alpha / r)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch."})
     lora_target_modules: str = field(
-        default="query,value", metadata={"help": "Comma-separated module names LoRA adapts (ViT's attention names)."},
+        default="query,value",
+        metadata={"help": "Comma-separated module names LoRA adapts (ViT's attention names); a run where one of them "
+                  "names no module is refused."},
     )
 
 
@@ -100,8 +109,12 @@ class DataTrainingArguments:
     )
 
 
+#: The classification head, new to every fine-tuning: LoRA trains it whole.
+HEAD_MODULES = ["fc_norm", "classifier"]
+
+
 def parse_arguments(args: list[str] | None):
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, OutputDirTrainingArguments))
     args = sys.argv[1:] if args is None else list(args)
     if len(args) == 1 and args[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(args[0]))
@@ -112,7 +125,7 @@ def compute_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((np.argmax(prediction.predictions, axis=1) == prediction.label_ids).mean())}
 
 
-def set_up_logging(training_args: TrainingArguments) -> None:
+def set_up_logging(training_args: OutputDirTrainingArguments) -> None:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         handlers=[logging.StreamHandler(sys.stdout)])
     if training_args.should_log:  # "passive" log level: INFO on the main process, as the transformers examples do
@@ -152,6 +165,20 @@ def load_labelled_images(model_args, data_args, training_args) -> tuple[datasets
     return dataset, labels.names
 
 
+def check_lora_targets(model: LMDForImageClassification, targets: list[str]) -> None:
+    """Refuse LoRA targets that name no module. PEFT adapts every module whose name is a target or ends with
+    "." + a target, and goes on silently when only some of the targets match."""
+    names = [name for name, _ in model.named_modules()]
+    unmatched = [target for target in targets if not any(name == target or name.endswith(f".{target}")
+                                                         for name in names)]
+    if unmatched:
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.lmd.named_modules()
+                         if isinstance(module, torch.nn.Linear) and not is_vae_parameter(name)})
+        raise ValueError(f"--lora_target_modules: {', '.join(map(repr, unmatched))} names no module of the model. "
+                         f"Give module names, or dotted ends of them; the encoder's linear layers are "
+                         f"{', '.join(linear)}.")
+
+
 def build_model(model_args, class_names: list[str]) -> LMDForImageClassification:
     id2label = dict(enumerate(class_names))
     model = LMDForImageClassification.from_pretrained(
@@ -165,9 +192,10 @@ def build_model(model_args, class_names: list[str]) -> LMDForImageClassification
     if model_args.lora_r > 0:
         from peft import LoraConfig, get_peft_model
 
+        targets = [name.strip() for name in model_args.lora_target_modules.split(",") if name.strip()]
+        check_lora_targets(model, targets)
         lora = LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                          target_modules=model_args.lora_target_modules.split(","),
-                          modules_to_save=["fc_norm", "classifier"])  # the new head trains whole
+                          target_modules=targets, modules_to_save=HEAD_MODULES)
         model = get_peft_model(model, lora)
     trainable, total = (sum(p.numel() for p in model.parameters() if p.requires_grad),
                         sum(p.numel() for p in model.parameters()))
@@ -210,6 +238,12 @@ def main(args: list[str] | None = None) -> dict:
     # The transforms read the image column, which the Trainer would otherwise drop as no argument of forward().
     training_args.remove_unused_columns = False
     set_up_logging(training_args)
+    # The output folder is this run's, as in train_lmd.py (modeling_lmd.run_folder): no two runs mix their files.
+    with claimed_output_dir(training_args) as checkpoint:
+        return fine_tune_in_claimed_folder(model_args, data_args, training_args, checkpoint)
+
+
+def fine_tune_in_claimed_folder(model_args, data_args, training_args, checkpoint: str | None) -> dict:
     dataset, class_names = load_labelled_images(model_args, data_args, training_args)
     set_seed(training_args.seed)  # the new head's initialisation
     model = build_model(model_args, class_names)
@@ -227,15 +261,15 @@ def main(args: list[str] | None = None) -> dict:
         data_collator=collate_fn, compute_metrics=compute_metrics,
         processing_class=image_processor,  # saved (and pushed) with the model: preprocessor_config.json
     )
-    metrics = train_and_evaluate(trainer, training_args, train_dataset, eval_dataset)
+    metrics = train_and_evaluate(trainer, training_args, train_dataset, eval_dataset, checkpoint)
     save_card(trainer, model_args, data_args, training_args)
     return metrics
 
 
-def train_and_evaluate(trainer: Trainer, training_args, train_dataset, eval_dataset) -> dict:
+def train_and_evaluate(trainer: Trainer, training_args, train_dataset, eval_dataset, checkpoint: str | None) -> dict:
     metrics = {}
     if training_args.do_train:
-        result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         train_metrics = {**result.metrics, "train_samples": len(train_dataset)}
         trainer.log_metrics("train", train_metrics)

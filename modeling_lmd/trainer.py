@@ -23,10 +23,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -39,7 +41,7 @@ from .mask_schedulers import mask_ratio_at
 from .metrics import METRIC_NAMES, reconstruction_metrics, summarize_reconstruction_metrics
 from .modeling_lmd import check_input_values, num_visible_patches, random_patch_mask
 from .pipeline_lmd import LMDReconstructionPipeline
-from .run_folder import RUN_SETTINGS_FILE
+from .run_folder import RUN_SETTINGS_FILE, OutputDirTrainingArguments, claim_output_dir, run_files
 
 
 logger = logging.getLogger(__name__)
@@ -56,8 +58,8 @@ CHECKED_TRAINING_BATCHES = 3
 
 
 @dataclass
-class LMDTrainingArguments(TrainingArguments):
-    """`TrainingArguments` with MAE / LMD defaults and `base_learning_rate`."""
+class LMDTrainingArguments(OutputDirTrainingArguments):
+    """`TrainingArguments` with MAE / LMD defaults, `base_learning_rate` and `overwrite_output_dir`."""
 
     base_learning_rate: float | None = field(
         default=None,
@@ -74,12 +76,6 @@ class LMDTrainingArguments(TrainingArguments):
     )
     eval_seed: int = field(
         default=0, metadata={"help": "Seed of the evaluation masks and of reconstructions.png (fixed: comparable runs)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Overwrite the content of the output directory. Use this to continue training if "
-                  "output_dir points to a checkpoint directory (train_lmd.py refuses a non-empty one without it, "
-                  "unless resuming; with it, the folder's old files are deleted first)."},
     )
     # The filter tests every step's loss for NaN / inf on the host, a device sync per step; LMD's inputs are checked
     # at the door instead (values of the first batches), so it is off unless asked for.
@@ -125,6 +121,34 @@ def total_train_batch_size(args: TrainingArguments) -> int:
     return args.per_device_train_batch_size * max(1, args.n_gpu) * args.gradient_accumulation_steps * args.world_size
 
 
+def effective_learning_rate(args: TrainingArguments) -> float:
+    """The learning rate a run trains with: `base_learning_rate` x total batch / 256 when given (MAE's rule), else
+    `learning_rate`."""
+    base_lr = getattr(args, "base_learning_rate", None)
+    return args.learning_rate if base_lr is None else base_lr * total_train_batch_size(args) / 256
+
+
+def training_settings(args: TrainingArguments) -> dict:
+    """What of a run's arguments shapes what it learns, for `lmd_run.json` (`modeling_lmd.run_folder`: a resume must
+    keep all of it but the length, `max_steps` and `num_train_epochs`): the seeds (masks, initialisation,
+    augmentation), the total batch, and the optimizer and its schedule."""
+    return {
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "total_train_batch_size": total_train_batch_size(args),
+        "learning_rate": effective_learning_rate(args),
+        "lr_scheduler_type": args.lr_scheduler_type,
+        "warmup_steps": args.warmup_steps,
+        "weight_decay": args.weight_decay,
+        "adam_beta1": args.adam_beta1,
+        "adam_beta2": args.adam_beta2,
+        "adam_epsilon": args.adam_epsilon,
+        "max_grad_norm": args.max_grad_norm,
+        "max_steps": args.max_steps,
+        "num_train_epochs": args.num_train_epochs,
+    }
+
+
 class _SetEpochCallback(TrainerCallback):
     """Tells the training dataset which epoch starts, so its seeded augmentation follows the epoch."""
 
@@ -163,9 +187,9 @@ class LMDTrainer(Trainer):
         self._eval_batches_seen = 0  # numbers the batches of one evaluation whose dataset has no per-image seeds
         base_lr = getattr(self.args, "base_learning_rate", None)
         if base_lr is not None:
-            total = total_train_batch_size(self.args)
-            self.args.learning_rate = base_lr * total / 256
-            logger.info(f"learning_rate = base_learning_rate {base_lr} x total batch {total} / 256 = {self.args.learning_rate:g}")
+            self.args.learning_rate = effective_learning_rate(self.args)
+            logger.info(f"learning_rate = base_learning_rate {base_lr} x total batch "
+                        f"{total_train_batch_size(self.args)} / 256 = {self.args.learning_rate:g}")
         self.add_callback(_SetEpochCallback(self))
 
     # --- the schedule ----------------------------------------------------------------------------
@@ -298,8 +322,9 @@ class LMDTrainer(Trainer):
                 handle.write(self.model_card_text)
 
 
-#: What a resume cannot do without (the weights come as one file or as shards with an index).
+#: What a resume cannot do without, and the weights: one file, shards with an index, or a PEFT adapter.
 CHECKPOINT_REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
 def check_readable(path: str) -> None:
@@ -329,8 +354,8 @@ def check_checkpoint(folder: str) -> None:
     and the weights are there, and every file in it reads to its end (`check_readable`)."""
     names = set(os.listdir(folder))
     missing = [name for name in CHECKPOINT_REQUIRED if name not in names]
-    if not {"model.safetensors", "model.safetensors.index.json"} & names:
-        missing.append("model.safetensors")
+    if not set(CHECKPOINT_WEIGHTS) & names:
+        missing.append(" or ".join(CHECKPOINT_WEIGHTS))
     if missing:
         raise FileNotFoundError(f"no {', '.join(missing)}")
     for name in sorted(names):
@@ -352,5 +377,38 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
-__all__ = ["COMPILED_GRAPHS_BOUND", "LMDTrainer", "LMDTrainingArguments", "check_checkpoint", "check_readable", "is_vae_parameter",
-           "last_complete_checkpoint", "total_train_batch_size", "training_step_flops"]
+def resume_checkpoint(args: OutputDirTrainingArguments) -> str | None:
+    """The checkpoint `args.resume_from_checkpoint` names, settled before anything is built: `last` takes the newest
+    one a kill did not cut short (none in a new folder; a folder with files but no such checkpoint is refused, as it
+    would be started over, unless `overwrite_output_dir`), and a named one is checked the same way."""
+    checkpoint, output_dir = args.resume_from_checkpoint, args.output_dir
+    if checkpoint in ("last", "latest", "auto"):
+        checkpoint = last_complete_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+        if checkpoint is None and run_files(output_dir) and not args.overwrite_output_dir:
+            raise ValueError(f"Output directory ({output_dir}) holds files but no complete checkpoint to resume "
+                             "from; use --overwrite_output_dir to start anew there (deleting them), or another "
+                             "--output_dir.")
+        logger.info(f"Resuming from {checkpoint}." if checkpoint else "No checkpoint yet: starting anew.")
+    elif checkpoint is not None:
+        try:
+            check_checkpoint(checkpoint)
+        except Exception as error:  # noqa: BLE001 - re-raised with what to do
+            raise ValueError(f"Cannot resume from {checkpoint} ({type(error).__name__}: {error}); "
+                             "--resume_from_checkpoint last picks the newest complete checkpoint.") from error
+    return checkpoint
+
+
+@contextlib.contextmanager
+def claimed_output_dir(args: OutputDirTrainingArguments) -> Iterator[str | None]:
+    """Hold `args.output_dir` for this run (`modeling_lmd.run_folder.claim_output_dir`), claimed before anything is
+    written and locked until the block ends; yields the checkpoint to resume from (`resume_checkpoint`), or `None`."""
+    checkpoint = resume_checkpoint(args)
+    lock = claim_output_dir(args.output_dir, resuming=checkpoint is not None, overwrite=args.overwrite_output_dir,
+                            main_process=args.process_index == 0)
+    with lock or contextlib.nullcontext():
+        yield checkpoint
+
+
+__all__ = ["COMPILED_GRAPHS_BOUND", "LMDTrainer", "LMDTrainingArguments", "check_checkpoint", "check_readable",
+           "claimed_output_dir", "effective_learning_rate", "is_vae_parameter", "last_complete_checkpoint",
+           "resume_checkpoint", "total_train_batch_size", "training_settings", "training_step_flops"]

@@ -250,3 +250,67 @@ def test_lora_fine_tunes_the_shipped_checkpoint_and_its_adapter_loads_back(examp
     torch.testing.assert_close(merged(pixel_values=image).logits, logits, rtol=0, atol=1e-5)
     assert not torch.equal(logits, LMDForImageClassification.from_pretrained(DEMO_LMD, num_labels=3)(
         pixel_values=image).logits)
+
+
+# --- an output folder belongs to one run, as in train_lmd.py ---------------------------------------------------------
+
+
+def finetune_args(checkpoint, image_folder, output_dir, *extra):
+    return ["--model_name_or_path", str(checkpoint), "--train_dir", str(image_folder / "train"),
+            "--validation_dir", str(image_folder / "validation"), "--output_dir", str(output_dir), "--do_train",
+            "--max_steps", "1", "--per_device_train_batch_size", "6", *QUIET, *extra]
+
+
+def test_a_rerun_into_a_used_folder_is_refused_and_overwrite_leaves_no_old_adapter(example, tiny_checkpoint,
+                                                                                    image_folder, tmp_path):
+    run = tmp_path / "run"
+    example.main(finetune_args(tiny_checkpoint, image_folder, run, "--lora_r", "4"))
+    adapter = {name: (run / name).read_bytes() for name in ("adapter_config.json", "adapter_model.safetensors")}
+    with pytest.raises(ValueError, match=r"already exists and is not empty .*--overwrite_output_dir"):
+        example.main(finetune_args(tiny_checkpoint, image_folder, run))
+    assert {name: (run / name).read_bytes() for name in adapter} == adapter and not (run / "model.safetensors").exists()
+
+    example.main(finetune_args(tiny_checkpoint, image_folder, run, "--overwrite_output_dir"))
+    assert not (run / "adapter_config.json").exists() and not (run / "adapter_model.safetensors").exists()
+    assert json.loads((run / "config.json").read_text())["architectures"] == ["LMDForImageClassification"]
+    assert load_file(run / "model.safetensors")["classifier.weight"].shape == (3, 32)
+
+
+def test_a_second_live_run_on_the_folder_is_refused_before_anything_is_read(example, tiny_checkpoint, image_folder,
+                                                                           tmp_path):
+    from modeling_lmd.run_folder import claim_output_dir, run_files
+
+    lock = claim_output_dir(str(tmp_path / "run"), resuming=False, overwrite=False)
+    try:
+        with pytest.raises(RuntimeError, match=rf"Another training run \(pid {os.getpid()} on .*\) is writing to"):
+            example.main(finetune_args(tiny_checkpoint, image_folder, tmp_path / "run"))
+    finally:
+        lock.close()
+    assert run_files(str(tmp_path / "run")) == []
+
+
+def test_resume_last_continues_a_lora_run_from_its_newest_checkpoint(example, tiny_checkpoint, image_folder,
+                                                                    tmp_path):
+    run, saving = tmp_path / "run", ("--lora_r", "4", "--save_strategy", "steps", "--save_steps", "1")
+    example.main(finetune_args(tiny_checkpoint, image_folder, run, *saving, "--max_steps", "2"))
+    first_steps = json.loads((run / "trainer_state.json").read_text())["log_history"]
+    metrics = example.main(finetune_args(tiny_checkpoint, image_folder, run, *saving, "--max_steps", "3",
+                                         "--resume_from_checkpoint", "last"))
+    assert metrics["train_samples"] == 18
+    state = json.loads((run / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and sorted(p.name for p in run.glob("checkpoint-*")) == [
+        "checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    # The resumed run went on from step 2: its history starts with the first run's two steps.
+    assert [entry for entry in state["log_history"] if entry.get("step", 0) <= 2 and "loss" in entry] == [
+        entry for entry in first_steps if "loss" in entry]
+
+
+def test_a_lora_target_that_names_no_module_is_refused_before_any_step(example, tiny_checkpoint, image_folder,
+                                                                       tmp_path):
+    from modeling_lmd.run_folder import run_files
+
+    with pytest.raises(ValueError, match=r"--lora_target_modules: 'valu' names no module of the model\. .*the "
+                                         r"encoder's linear layers are dense, fc1, fc2, key, query, value\."):
+        example.main(finetune_args(tiny_checkpoint, image_folder, tmp_path / "run", "--lora_r", "4",
+                                   "--lora_target_modules", "query,valu"))
+    assert run_files(str(tmp_path / "run")) == []

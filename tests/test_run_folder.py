@@ -16,7 +16,7 @@ from subprocess_helpers import run_python, run_without_package
 
 from modeling_lmd import LMDConfig, LMDForPreTraining
 from modeling_lmd.configuration_lmd import TINY_KL_F4_VAE_CONFIG
-from modeling_lmd.run_folder import LOCK_FILE, claim_output_dir
+from modeling_lmd.run_folder import LOCK_FILE, claim_output_dir, run_files
 
 
 @pytest.fixture
@@ -97,6 +97,20 @@ def test_claim_is_refused_in_process_while_held_and_free_once_released(tmp_path)
         claim_output_dir(str(tmp_path / "run"), resuming=False, overwrite=False)
     lock.close()
     claim_output_dir(str(tmp_path / "run"), resuming=False, overwrite=False).close()
+
+
+def test_overwrite_is_ignored_when_resuming_so_a_resume_keeps_every_file(tmp_path, caplog):
+    run = tmp_path / "run"
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (run / "metrics.json").write_text("{}")
+    with caplog.at_level("WARNING"):
+        claim_output_dir(str(run), resuming=True, overwrite=True).close()
+    assert run_files(str(run)) == ["checkpoint-2", "metrics.json"]
+    assert (run / "checkpoint-2" / "trainer_state.json").read_text() == '{"global_step": 2}'
+    assert f"--overwrite_output_dir is ignored: this run resumes, and a resume keeps what {run} holds" in caplog.text
+    claim_output_dir(str(run), resuming=False, overwrite=True).close()  # not resuming: it starts anew
+    assert run_files(str(run)) == []
 
 
 # --- resume only what was trained -------------------------------------------------------------------------------
