@@ -16,6 +16,18 @@ logger = logging.get_logger(__name__)
 #: The diffusers VAE classes LMD works on (`vae_lmd.VAE_CLASSES` maps them to the classes).
 VAE_TYPES = ("AutoencoderKL", "VQModel", "AutoencoderTiny")
 
+_KL_VQ_DEFAULTS = {"in_channels": 3, "out_channels": 3, "block_out_channels": (64,), "layers_per_block": 1,
+                   "norm_num_groups": 32}
+#: diffusers' defaults for the `vae_config` fields LMD reads, per class: what `from_config` builds where a saved
+#: config leaves a field out (`tests/test_vae_safety.py` holds them to the installed diffusers).
+VAE_DEFAULTS = {
+    "AutoencoderKL": {**_KL_VQ_DEFAULTS, "latent_channels": 4},
+    "VQModel": {**_KL_VQ_DEFAULTS, "latent_channels": 3, "num_vq_embeddings": 256, "vq_embed_dim": None},
+    "AutoencoderTiny": {"in_channels": 3, "out_channels": 3, "latent_channels": 4,
+                        "encoder_block_out_channels": (64, 64, 64, 64), "decoder_block_out_channels": (64, 64, 64, 64),
+                        "num_encoder_blocks": (1, 3, 3, 3), "num_decoder_blocks": (3, 3, 3, 1)},
+}
+
 #: The order in which progressive un-masking reveals hidden patches (`reconstruction_lmd`).
 REVEAL_ORDERS = ("random", "nearest")
 
@@ -24,6 +36,16 @@ REVEAL_ORDERS = ("random", "nearest")
 MAX_LAYERS = 1024
 MAX_TOKENS = 256 * 256
 MAX_PARAMETERS = 10**10
+
+#: The same for the VAE that `vae_config` describes, generous: the VAEs of Stable Diffusion, SDXL and FLUX have 4
+#: blocks of at most 512 channels, 2 layers per block and about 84M parameters, taesd 4 blocks of 64 channels and
+#: 2.4M. Blocks per stack (8: a 128x VAE), layers per block, channels of any convolution, VQ codebook entries, and
+#: the parameters as estimated from those (`estimated_vae_parameters`; 1e9 is about 4 GB in fp32).
+MAX_VAE_BLOCKS = 8
+MAX_VAE_LAYERS_PER_BLOCK = 64
+MAX_VAE_CHANNELS = 2048
+MAX_VQ_EMBEDDINGS = 2**20
+MAX_VAE_PARAMETERS = 10**9
 
 #: How `LMDForImageClassification` pools the encoder output.
 CLASSIFIER_POOLINGS = ("mean", "cls")
@@ -131,20 +153,105 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def vae_settings(vae_type: str, vae_config: dict) -> dict:
+    """`vae_config` over diffusers' defaults (`VAE_DEFAULTS`): the sizes of the VAE that `from_config` builds."""
+    return {**VAE_DEFAULTS[vae_type], **vae_config}
+
+
 def vae_downsampling_factor(vae_type: str, vae_config: dict) -> int:
     """Spatial reduction of a diffusers VAE: one stride-2 stage between consecutive blocks."""
-    if vae_type == "AutoencoderTiny":
-        num_blocks = len(vae_config.get("encoder_block_out_channels", (64, 64, 64, 64)))
-    else:
-        num_blocks = len(vae_config.get("block_out_channels", (64,)))
-    return 2 ** (num_blocks - 1)
+    widths = "encoder_block_out_channels" if vae_type == "AutoencoderTiny" else "block_out_channels"
+    return 2 ** (len(vae_settings(vae_type, vae_config)[widths]) - 1)
 
 
 def vae_latent_channels(vae_type: str, vae_config: dict) -> int:
     """Channels of the latents LMD works on (VQModel: the quantized embedding width)."""
-    if vae_type == "VQModel" and vae_config.get("vq_embed_dim") is not None:
-        return int(vae_config["vq_embed_dim"])
-    return int(vae_config.get("latent_channels", 4))
+    settings = vae_settings(vae_type, vae_config)
+    if settings.get("vq_embed_dim") is not None:
+        return int(settings["vq_embed_dim"])
+    return int(settings["latent_channels"])
+
+
+def check_vae_count(name: str, value, limit: int, minimum: int = 1) -> None:
+    """Refuse a size in `vae_config` that is not an integer from `minimum` to `limit`, naming the field, the value
+    that came and the limit."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"`vae_config` {name} must be an integer >= {minimum}, got {value!r}.")
+    if value > limit:
+        raise ValueError(f"`vae_config` {name} is {value}; the limit is {limit}.")
+
+
+def check_vae_block_counts(name: str, values, limit: int, minimum: int = 1) -> None:
+    """Refuse a per-block list of `vae_config` (widths, depths) of no or more than `MAX_VAE_BLOCKS` blocks, or with
+    an entry `check_vae_count` refuses."""
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"`vae_config` {name} must be a list of one entry per block, got {values!r}.")
+    if len(values) > MAX_VAE_BLOCKS:
+        raise ValueError(f"`vae_config` {name} has {len(values)} blocks; the limit is {MAX_VAE_BLOCKS}.")
+    for index, value in enumerate(values):
+        check_vae_count(f"{name}[{index}]", value, limit, minimum)
+
+
+def check_vae_sizes(vae_type: str, vae_config: dict) -> None:
+    """Refuse a VAE too large to build (tampered or mistyped) before anything is built: every size field within
+    its `MAX_VAE_*` bound, group norms that divide the widths, and at most `MAX_VAE_PARAMETERS` parameters."""
+    settings = vae_settings(vae_type, vae_config)
+    for name in ("in_channels", "out_channels", "latent_channels"):
+        check_vae_count(name, settings[name], MAX_VAE_CHANNELS)
+    if vae_type == "AutoencoderTiny":
+        sizing = ("encoder_block_out_channels", "num_encoder_blocks",
+                  "decoder_block_out_channels", "num_decoder_blocks")
+        for widths, depths in (sizing[:2], sizing[2:]):
+            check_vae_block_counts(widths, settings[widths], MAX_VAE_CHANNELS)
+            check_vae_block_counts(depths, settings[depths], MAX_VAE_LAYERS_PER_BLOCK, minimum=0)
+    else:
+        sizing = ("block_out_channels", "layers_per_block")
+        check_vae_block_counts("block_out_channels", settings["block_out_channels"], MAX_VAE_CHANNELS)
+        check_vae_count("layers_per_block", settings["layers_per_block"], MAX_VAE_LAYERS_PER_BLOCK)
+        groups = settings["norm_num_groups"]
+        check_vae_count("norm_num_groups", groups, MAX_VAE_CHANNELS)
+        # Every block's GroupNorms split its channels into `norm_num_groups` groups.
+        if any(width % groups for width in settings["block_out_channels"]):
+            raise ValueError(f"`vae_config` norm_num_groups ({groups}) must divide every width of "
+                             f"block_out_channels, got {list(settings['block_out_channels'])}.")
+    if vae_type == "VQModel":
+        check_vae_count("num_vq_embeddings", settings["num_vq_embeddings"], MAX_VQ_EMBEDDINGS)
+        if settings["vq_embed_dim"] is not None:
+            check_vae_count("vq_embed_dim", settings["vq_embed_dim"], MAX_VAE_CHANNELS)
+    parameters = estimated_vae_parameters(vae_type, vae_config)
+    if parameters > MAX_VAE_PARAMETERS:
+        sizes = ", ".join(f"{name} {settings[name]}" for name in sizing)
+        raise ValueError(f"This `vae_config` ({sizes}) makes about {parameters:.2g} VAE parameters; the limit is "
+                         f"{MAX_VAE_PARAMETERS:.0e} (about {4 * MAX_VAE_PARAMETERS / 1e9:.0f} GB in fp32).")
+
+
+def estimated_vae_parameters(vae_type: str, vae_config: dict) -> int:
+    """About how many parameters the VAE of `vae_config` has (within about 10%), from its widths and depths:
+    the 3x3 convolutions, the mid blocks' attention and a VQ codebook; norms, biases and 1x1 convolutions are left
+    out. Call it on sizes `check_vae_sizes` has bounded."""
+    settings = vae_settings(vae_type, vae_config)
+    conv = 9  # a 3x3 convolution's weights per input and output channel
+    latents = settings["latent_channels"]
+    if vae_type == "AutoencoderTiny":
+        encoder, decoder = settings["encoder_block_out_channels"], settings["decoder_block_out_channels"]
+        # Per block of each stack: a convolution and `num_*_blocks` residual blocks of three.
+        blocks = sum(width**2 * (1 + 3 * depth)
+                     for widths, depths in ((encoder, settings["num_encoder_blocks"]),
+                                            (decoder, settings["num_decoder_blocks"]))
+                     for width, depth in zip(widths, depths))
+        ends = (settings["in_channels"] * encoder[0] + settings["out_channels"] * decoder[-1]
+                + latents * (encoder[-1] + decoder[0]))
+        return conv * (blocks + ends)
+    widths, layers = settings["block_out_channels"], settings["layers_per_block"]
+    # Per block, the encoder has `layers` resnets of two convolutions and the decoder `layers + 1`, and each a
+    # resampler; each stack has a mid block of two resnets and an attention (four width x width projections).
+    blocks = conv * sum(width**2 * (4 * layers + 4) for width in widths)
+    mid_blocks = 2 * (4 * conv + 4) * widths[-1] ** 2
+    pixel_ends = conv * (settings["in_channels"] + settings["out_channels"]) * widths[0]
+    # The KL encoder outputs a mean and a log-variance per latent channel, the VQ encoder the latents.
+    latent_ends = conv * latents * widths[-1] * (3 if vae_type == "AutoencoderKL" else 2)
+    codebook = settings["num_vq_embeddings"] * vae_latent_channels(vae_type, vae_config) if vae_type == "VQModel" else 0
+    return blocks + mid_blocks + pixel_ends + latent_ends + codebook
 
 
 @strict
@@ -157,7 +264,8 @@ class LMDConfig(PreTrainedConfig):
         vae_type (`str`, defaults to `"AutoencoderKL"`):
             Diffusers class of the VAE: `"AutoencoderKL"`, `"VQModel"` or `"AutoencoderTiny"`.
         vae_config (`dict`, *optional*):
-            The config diffusers stores for that VAE (its `config.json`). Defaults to Stable Diffusion's KL-f8.
+            The config diffusers stores for that VAE (its `config.json`). Defaults to Stable Diffusion's KL-f8. Its
+            sizes are bounded (`MAX_VAE_*`, `check_vae_sizes`), so that an absurd one is refused before it is built.
         image_size (`int`, defaults to 224):
             Side of the (square) input images in pixels. Other sizes need `interpolate_pos_encoding=True`.
         patch_size (`int`, defaults to 4):
@@ -199,7 +307,8 @@ class LMDConfig(PreTrainedConfig):
             the subfolder inside it; `from_vae` records a Hub id.
         vae_sha256 (`str`, *optional*):
             A sha256 of the VAE's weights (`vae_lmd.vae_weights_sha256`), recorded by `from_vae`: a VAE loaded by
-            reference must match it, and a resumed run must use the same VAE.
+            reference must match it, so must the VAE a checkpoint stores (unless stored rounded to 16-bit floats,
+            which cannot be compared), and a resumed run must use the same VAE.
         vae_in_checkpoint (`bool`, defaults to `True`):
             Save the VAE's weights in every checkpoint (self-contained, works offline). With `False` checkpoints
             hold only the ViT, and `from_pretrained` loads the VAE from `vae_name_or_path`, checked against
@@ -262,8 +371,9 @@ class LMDConfig(PreTrainedConfig):
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def validate_vae(self):
-        """Part of `@strict` validation: a supported VAE whose latent grid the patches tile."""
+        """Part of `@strict` validation: a supported VAE of bounded size whose latent grid the patches tile."""
         check_choice("vae_type", self.vae_type, VAE_TYPES)
+        check_vae_sizes(self.vae_type, self.vae_config)
         if self.image_size <= 0 or self.patch_size <= 0:
             raise ValueError(
                 f"`image_size` and `patch_size` must be positive, got {self.image_size} and {self.patch_size}."

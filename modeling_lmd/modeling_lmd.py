@@ -40,6 +40,9 @@ from .mask_schedulers import check_mask_ratio
 from .vae_lmd import (
     VAE_CLASSES,
     build_vae,
+    check_stored_vae_sha256,
+    check_vae_weights_loaded,
+    checkpoint_vae_weights,
     load_pretrained_vae,
     load_referenced_vae,
     read_vae_config,
@@ -553,15 +556,30 @@ class LMDPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
-        """`PreTrainedModel.from_pretrained`; a checkpoint saved without its VAE (`config.vae_in_checkpoint=False`)
-        gets the VAE's weights from `config.vae_name_or_path`."""
-        loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if not model.config.vae_in_checkpoint:
-            download = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
-            model.base_model.vae.load_state_dict(load_referenced_vae(model.config, **download).state_dict())
+        """`PreTrainedModel.from_pretrained`, which loads the VAE's weights or fails: a checkpoint that holds its VAE
+        (`config.vae_in_checkpoint`) must hold all of it, as `config.vae_sha256` names it where the config has one
+        (`vae_lmd.check_stored_vae_sha256`); one saved without it gets them from `config.vae_name_or_path`."""
+        # The loading info says which of the VAE's weights the checkpoint lacked; the caller gets it only if asked.
+        model, loading_info = super().from_pretrained(pretrained_model_name_or_path, *args,
+                                                      **{**kwargs, "output_loading_info": True})
+        download = {key: kwargs[key] for key in ("cache_dir", "token", "local_files_only") if key in kwargs}
+        vae = model.base_model.vae
+        if model.config.vae_in_checkpoint:
+            vae_prefix = next(name for name, module in model.named_modules() if module is vae) + "."
+            check_vae_weights_loaded(loading_info, vae_prefix, len(vae.state_dict()),
+                                     pretrained_model_name_or_path)
+            if model.config.vae_sha256:
+                # The hash is of the weights as stored, whatever dtype they are loaded in; a `state_dict=` is what
+                # was loaded instead of the files.
+                stored = None if kwargs.get("state_dict") is not None else checkpoint_vae_weights(
+                    pretrained_model_name_or_path, (f"{cls.base_model_prefix}.vae.", "vae."), **download,
+                    **{key: kwargs[key] for key in ("subfolder", "revision", "variant") if key in kwargs})
+                check_stored_vae_sha256(vae.state_dict() if stored is None else stored, model.config.vae_sha256,
+                                        pretrained_model_name_or_path)
+        else:
+            vae.load_state_dict(load_referenced_vae(model.config, **download).state_dict())
         model.base_model.vae_is_pretrained = True
-        return loaded
+        return (model, loading_info) if kwargs.get("output_loading_info") else model
 
 
 class LMDModel(LMDPreTrainedModel):
