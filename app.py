@@ -70,17 +70,17 @@ def _describe(source: Any) -> str:
     return "the image"
 
 
-def _open_image_file(path: str | os.PathLike) -> PIL.Image.Image:
+def _open_image_file(path: str | os.PathLike, max_side: int) -> PIL.Image.Image:
     """Open an image file (its size checked from the header, before decoding the pixels), or a `PhotoError`."""
     try:
         image = load_image_file(path, max_pixels=MAX_PIXELS)  # MAX_PIXELS checked from the header
     except (FileNotFoundError, ValueError) as error:
         raise PhotoError(str(error)) from None
-    _check_min_side(image.width, image.height, _describe(path))
+    _check_sides(image.width, image.height, _describe(path), max_side)
     return image
 
 
-def _check_size(width: int, height: int, name: str = "the image") -> None:
+def _check_size(width: int, height: int, max_side: int, name: str = "the image") -> None:
     """For photos handed over decoded (PIL, numpy); files are checked by `load_image_file` as they open."""
     if width * height > MAX_PIXELS:
         raise PhotoError(
@@ -88,14 +88,26 @@ def _check_size(width: int, height: int, name: str = "the image") -> None:
             f"The limit is {MAX_PIXELS / 1e6:.0f} megapixels; please downscale it first "
             f"(the model works at a small size anyway)."
         )
-    _check_min_side(width, height, name)
+    _check_sides(width, height, name, max_side)
 
 
-def _check_min_side(width: int, height: int, name: str) -> None:
-    if min(width, height) < MIN_SIDE:
+def _check_sides(width: int, height: int, name: str, max_side: int) -> None:
+    """The shorter side must be at least MIN_SIDE as the photo comes and also once `prepare_photo` has shrunk its
+    longer side to `max_side`: checked on the photo as it comes, so that a 16 x 20,000 strip is refused at upload,
+    not shrunk to 1 x 1,024 and refused at Reconstruct."""
+    shorter, longer = sorted((width, height))
+    if shorter < MIN_SIDE:
         raise PhotoError(
             f"{name} is only {width}x{height} pixels: too small. "
             f"Please use a photo of at least {MIN_SIDE}x{MIN_SIDE} pixels."
+        )
+    # Shrunk, the shorter side is shorter * max_side / longer (then rounded, which keeps it at MIN_SIDE or more).
+    if shorter * max_side < MIN_SIDE * longer:
+        needed = -(-MIN_SIDE * longer // max_side)  # the smallest whole shorter side that passes
+        raise PhotoError(
+            f"{name} is {width}x{height} pixels: too long and narrow. Photos are shrunk to {max_side} pixels on "
+            f"their longer side, and the shorter side must stay at least {MIN_SIDE} pixels: with a longer side of "
+            f"{longer} pixels, the shorter side must be at least {needed}. Please crop it first."
         )
 
 
@@ -110,11 +122,11 @@ def prepare_photo(source: Any, max_side: int = MAX_SIDE) -> PIL.Image.Image:
     if source is None:
         raise PhotoError("No photo yet: pick one of the example photos or upload your own.")
     if isinstance(source, (str, os.PathLike)):
-        image = _open_image_file(source)
+        image = _open_image_file(source, max_side)
     elif isinstance(source, (PIL.Image.Image, np.ndarray)):
         width, height = (source.width, source.height) if isinstance(source, PIL.Image.Image) else (
             (source.shape[1], source.shape[0]) if source.ndim >= 2 else (0, 0))
-        _check_size(width, height)
+        _check_size(width, height, max_side)
         image = source
     else:
         raise PhotoError(f"Unsupported photo type {type(source).__name__}; upload an image file.")

@@ -10,6 +10,7 @@
 #   bash examples/train_shipped_checkpoint.sh f    # phase F: 4,000 more from phase E at half the lr (measured, not shipped)
 #   bash examples/train_shipped_checkpoint.sh g    # phase G: phase F again with the converged harmonic fill (shipped)
 #   bash examples/train_shipped_checkpoint.sh ship g    # its weights in float16 -> modeling_lmd/pretrained/demo-lmd
+#   bash examples/train_shipped_checkpoint.sh ship      # only the code files, after the package's modules changed
 #
 # Each phase saves a checkpoint every 100-250 steps; run the same command again after a kill and it resumes
 # (--resume_from_checkpoint last). RUN_DIR (default runs/shipped) holds the phases; extra arguments go to
@@ -20,16 +21,38 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-PHASE="${1:?phase a, b, c, d, e, f or g, or ship and a phase}"; shift
+PHASE="${1:?phase a, b, c, d, e, f or g, or ship (with a phase: its weights and the code; alone: the code)}"; shift
 RUN_DIR="${RUN_DIR:-runs/shipped}"
 if [ "$PHASE" = ship ]; then
-    # The package holds the weights in float16 (half the size); config.json keeps "dtype": "float32", so they load as
-    # float32. Only the weights change: the shipped config.json and the code files (links to the package's) stay.
-    python - "$RUN_DIR/phase-${1:?which phase to ship}/model.safetensors" modeling_lmd/pretrained/demo-lmd/model.safetensors <<'PY'
+    SHIPPED=modeling_lmd/pretrained/demo-lmd
+    if [ $# -gt 0 ]; then
+        # The package holds the weights in float16 (half the size); config.json keeps "dtype": "float32", so they load
+        # as float32. The shipped config.json stays as it is.
+        python - "$RUN_DIR/phase-$1/model.safetensors" "$SHIPPED/model.safetensors" <<'PY'
 import sys
 from safetensors.torch import load_file, save_file
 weights = load_file(sys.argv[1])
 save_file({name: tensor.half() for name, tensor in weights.items()}, sys.argv[2], metadata={"format": "pt"})
+PY
+    fi
+    # The code files are what save_pretrained writes next to a checkpoint (copies of the package's modules that the
+    # model, config, image processor and pipeline need), as real files: a copy of the folder or a Hub upload then
+    # loads with trust_remote_code=True alone. They are taken from a save of the shipped checkpoint itself, and the
+    # old ones removed first (a module the package no longer has goes too). tests/test_shipped_checkpoint.py fails
+    # until this has run after a change to the package's modules.
+    python - "$SHIPPED" <<'PY'
+import glob, os, shutil, sys, tempfile
+from transformers import pipeline
+import modeling_lmd
+shipped = sys.argv[1]
+with tempfile.TemporaryDirectory() as saved:
+    pipe = pipeline("lmd-reconstruction", model=shipped, pipeline_class=modeling_lmd.LMDReconstructionPipeline)
+    pipe.save_pretrained(saved)
+    for old in glob.glob(os.path.join(shipped, "*.py")):
+        os.remove(old)
+    for new in sorted(glob.glob(os.path.join(saved, "*.py"))):
+        shutil.copy(new, shipped)
+        print("wrote", os.path.join(shipped, os.path.basename(new)))
 PY
     exit
 fi

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from subprocess_helpers import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,6 +121,50 @@ def test_prepare_photo_rejects_bad_uploads_with_a_message(tmp_path):
         app.prepare_photo(None)
     with pytest.raises(app.PhotoError, match="No file at"):
         app.prepare_photo(tmp_path / "missing.png")
+
+
+def test_an_upload_too_narrow_to_shrink_is_refused_at_upload(pipe, tmp_path):
+    """A 16 x 20,000 upload passed the minimum side as it came, was shrunk to 1 x 1,024 for the editor, and was refused
+    only at Reconstruct. The limits now hold for the photo as the editor gets it, so the upload itself is refused,
+    saying what came and what is needed."""
+    strip = tmp_path / "strip.png"
+    PIL.Image.new("RGB", (16, 20000), "green").save(strip)
+    photo, message = app.photo_from_upload(strip)
+    assert photo is None
+    assert re.fullmatch(r"'strip\.png' is 16x20000 pixels: too long and narrow\. .* with a longer side of 20000 "
+                        r"pixels, the shorter side must be at least 313\. Please crop it first\.", message), message
+    with pytest.raises(app.PhotoError, match=r"the image is 16x20000 pixels: too long and narrow"):
+        app.prepare_photo(np.zeros((20000, 16, 3), np.uint8))  # decoded photos are checked the same way
+    # The shorter side the message asks for is enough: loaded as 16 x 1,024, and it reconstructs.
+    enough = tmp_path / "enough.png"
+    PIL.Image.new("RGB", (313, 20000), "green").save(enough)
+    photo, message = app.photo_from_upload(enough)
+    assert photo is not None and photo.size == (app.MIN_SIDE, app.MAX_SIDE), message
+    rgba = np.asarray(photo.convert("RGBA"))
+    result, message = app.run_from_editor(pipe, {"background": rgba, "layers": [], "composite": rgba},
+                                          app.MODE_RANDOM, 0.5, 0, 1)
+    assert result is not None and result.reconstruction.size == photo.size, message
+
+
+@settings(max_examples=60, deadline=None)
+@given(sides=st.tuples(st.integers(1, 80), st.integers(1, 6000)), tall=st.booleans())
+def test_what_prepare_photo_accepts_it_accepts_again_shrunk(sides, tall):
+    """The editor's photo is `prepare_photo`'s output, prepared again at Reconstruct: it must pass again. A refusal
+    names the size that came, and the shorter side it asks for is accepted (one pixel less is not)."""
+    shorter, longer = sorted(sides)
+    width, height = (shorter, longer) if tall else (longer, shorter)
+    try:
+        prepared = app.prepare_photo(PIL.Image.new("L", (width, height)))
+    except app.PhotoError as error:
+        assert f"{width}x{height} pixels" in str(error)
+        needed = re.search(r"the shorter side must be at least (\d+)", str(error))
+        if needed:
+            needed = int(needed.group(1))
+            app.prepare_photo(PIL.Image.new("L", (needed, longer)))
+            with pytest.raises(app.PhotoError, match="too long and narrow"):
+                app.prepare_photo(PIL.Image.new("L", (needed - 1, longer)))
+        return
+    assert app.prepare_photo(prepared).size == prepared.size
 
 
 def test_fill_photo_random_mode(pipe, photo):

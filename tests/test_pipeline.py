@@ -261,8 +261,8 @@ def test_remote_code_pipeline_without_the_package(pipe, tiny_checkpoint, tmp_pat
 
 
 def test_the_shipped_folders_are_hub_ready_as_they_are(tmp_path):
-    """Copied as an upload copies them (links followed), demo-lmd loads and reconstructs from its own code alone, and
-    demo-vae is a plain diffusers folder."""
+    """Copied as an upload copies them, demo-lmd loads and reconstructs from its own code alone (its code files are
+    real files: tests/test_shipped_checkpoint.py), and demo-vae is a plain diffusers folder."""
     import shutil
 
     from modeling_lmd.pretrained import DEMO_LMD, DEMO_VAE, EXAMPLE_PHOTO
