@@ -223,6 +223,7 @@ class LMDReconstructionPipeline(Pipeline):
             grid = (side // self.model.config.patch_pixels,) * 2
             patch_mask = choose_hidden_patches(self.model, 1, grid, mask_ratio, None, [stream], "cpu")
             hidden = self.photo_region(patch_mask, box, (image.height, image.width))
+            model_mask = self.model.pixels_of_patches(patch_mask, (side, side))[0, 0].numpy()
         else:
             box, hidden = processor.mask_crop_box(user_mask, padding_mask_crop), user_mask
             left, top, right, bottom = box
@@ -237,6 +238,7 @@ class LMDReconstructionPipeline(Pipeline):
             "pixel_values": processor(view, do_resize=False, return_tensors="pt")["pixel_values"].to(
                 self.dtype or torch.float32),
             "patch_mask": patch_mask,
+            "hidden_pixels": torch.from_numpy(model_mask)[None, None],  # the mask at the model's size
             "generator": stream,  # the mask was its first draw; the reveal order comes next
             "photo": image,
             "owns_photo": image is not item["image"],  # decoded or converted here: pasted into in place
@@ -261,6 +263,7 @@ class LMDReconstructionPipeline(Pipeline):
         generators = model_inputs["generator"]  # one per image, a list when batched
         pixel_values = model_inputs["pixel_values"]
         output = reconstruct(self.model, pixel_values, bool_masked_pos=model_inputs["patch_mask"],
+                             hidden_pixels=model_inputs["hidden_pixels"],
                              generator=generators if isinstance(generators, list) else [generators],
                              num_inference_steps=num_inference_steps, reveal_order=reveal_order)
         return {**output, "fill": colour_correct(output.decoded, pixel_values.to(output.decoded.dtype),

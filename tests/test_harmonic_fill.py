@@ -148,3 +148,23 @@ def test_with_no_correction_the_reconstruction_is_the_harmonic_fill_itself(harmo
     expected = harmonic_fill(images, out.pixel_mask)
     torch.testing.assert_close(out.reconstruction, expected, rtol=0, atol=1e-5)  # blend arithmetic
     assert (out.pixel_mask.sum() > 0) and not torch.equal(expected, images)
+
+
+def test_a_mask_finer_than_patches_is_filled_from_its_own_border(harmonic_model):
+    """A photo's mask covers part of its hidden patches: the fill starts from the harmonic fill of exactly its
+    pixels, so the visible pixels of a hidden patch are the input's (with no correction) and the fill meets the
+    mask's border, not the patches'. Before, the patches' visible pixels were refilled and the fill stepped where
+    the mask ended (at photo size, a seam 5 times the photo's own step: docs/RESULTS.md, 'Pasting hard')."""
+    images = random_images(2)
+    hole = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    hole[:, :, 9:19, 5:22] = True  # not on the 8 px patch grid
+    hidden = harmonic_model.patches_of_pixels(hole[:, 0])
+    out = reconstruct(harmonic_model, images, bool_masked_pos=hidden, hidden_pixels=hole)
+    torch.testing.assert_close(out.decoded, harmonic_fill(images, hole.float()), rtol=0, atol=1e-5)
+    in_patches = out.pixel_mask.bool() & ~hole
+    assert in_patches.any() and torch.allclose(out.decoded[in_patches.expand_as(images)],
+                                               images[in_patches.expand_as(images)], atol=1e-5)
+    with pytest.raises(ValueError, match="must lie inside the hidden patches"):
+        reconstruct(harmonic_model, images, bool_masked_pos=hidden & (torch.arange(16) != 4), hidden_pixels=hole)
+    with pytest.raises(ValueError, match=r"Expected hidden_pixels of shape \(2, 1, 32, 32\)"):
+        reconstruct(harmonic_model, images, bool_masked_pos=hidden, hidden_pixels=hole[:, 0])

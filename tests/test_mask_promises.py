@@ -103,16 +103,19 @@ def test_pixels_under_the_mask_never_reach_the_fill_and_only_the_blend_band_reac
         assert np.array_equal(first["reconstruction"], second["reconstruction"])
 
 
-@given(size=st.tuples(st.integers(16, 600), st.integers(16, 600)), seed=st.integers(0, 2**16))
+@given(size=st.tuples(st.integers(16, 2000), st.integers(16, 2000)), seed=st.integers(0, 2**16))
 @PROPERTY
-def test_the_models_view_is_the_plain_resize_where_nothing_hidden_is_within_its_reach(size, seed):
+def test_with_nothing_hidden_the_models_view_is_close_to_the_plain_bicubic_resize(size, seed):
+    """The view is reduced by whole blocks before its bicubic resize (no copy at the photo's size), which PIL says
+    is indistinguishable from the full resize: within 6 levels anywhere and one on average, on a smooth photo."""
     rng = np.random.default_rng(seed)
-    photo = PIL.Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8))
+    coarse = rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8)  # detail coarser than the view
+    photo = PIL.Image.fromarray(coarse).resize(size[::-1], PIL.Image.Resampling.BICUBIC)  # smooth, like a photo
     processor = LMDImageProcessor(size={"height": 64, "width": 64})
     box = processor.center_square_box(*size)
-    nothing = np.zeros(size, dtype=bool)
-    view = processor.model_view(photo, nothing, box)
-    assert np.array_equal(np.asarray(view), np.asarray(photo.resize((64, 64), PIL.Image.Resampling.BICUBIC, box=box)))
+    view = np.asarray(processor.model_view(photo, np.zeros(size, dtype=bool), box)).astype(int)
+    plain = np.asarray(photo.resize((64, 64), PIL.Image.Resampling.BICUBIC, box=box)).astype(int)
+    assert np.abs(view - plain).max() <= 6 and np.abs(view - plain).mean() <= 1.0
 
 
 # --- the model: hidden content never reaches the encoder ------------------------------------------------------

@@ -98,6 +98,21 @@ def choose_hidden_patches(model: LMDForPreTraining, batch: int, grid: tuple[int,
     return hidden
 
 
+def check_hidden_pixels(model: LMDForPreTraining, hidden_pixels: torch.Tensor, hidden: torch.Tensor,
+                        pixel_values: torch.Tensor | None) -> None:
+    """`reconstruct`'s `hidden_pixels`: with pixel values, of their `(B, 1, H, W)` shape, and inside the hidden
+    patches (a hidden pixel of a visible patch would reach the encoder)."""
+    if pixel_values is None:
+        raise ValueError("hidden_pixels needs pixel_values: with latents only, whole patches are hidden.")
+    expected = (pixel_values.shape[0], 1, *pixel_values.shape[-2:])
+    if tuple(hidden_pixels.shape) != expected:
+        raise ValueError(f"Expected hidden_pixels of shape {expected}, got {tuple(hidden_pixels.shape)}.")
+    patches = model.pixels_of_patches(hidden.to(torch.uint8), pixel_values.shape[-2:]).bool()
+    if bool((hidden_pixels.to(patches.device).bool() & ~patches).any()):
+        raise ValueError("hidden_pixels must lie inside the hidden patches (bool_masked_pos): a hidden pixel of a "
+                         "visible patch would reach the encoder.")
+
+
 def dilate(hidden: torch.Tensor, grid: tuple[int, int], rings: int) -> torch.Tensor:
     """`hidden` grown by `rings` rings of patches (MAGE's advice for one contiguous hole), never to every patch: an
     image that would lose them all keeps its undilated mask."""
@@ -255,6 +270,7 @@ def reconstruct(
     num_inference_steps: int = 1,
     reveal_order: str = "random",
     mask_dilation: int = 0,
+    hidden_pixels: torch.Tensor | None = None,
     blend_radius: int | None = None,
     colour_correction: bool = True,
     interpolate_pos_encoding: bool = False,
@@ -272,6 +288,11 @@ def reconstruct(
         num_inference_steps, reveal_order: progressive un-masking (`fill_hidden_latents`); 1 = one shot.
         mask_dilation: also hide this many rings of latent patches around the hidden region from the encoder
             (their latents saw the painted fill); their pixels stay the input's.
+        hidden_pixels (`(B, 1, H, W)` bool, True = to fill in), with pixel values: the pixels under the mask when
+            it is finer than whole patches (the pipeline's mask over a photo), all inside the hidden patches. A
+            `harmonic_fill` model's fill then starts from the harmonic fill of exactly those pixels, which meets the
+            mask's own border, not the hidden patches' (without it, the visible pixels of a hidden patch are
+            refilled too, and the fill steps where the mask ends). Default: every pixel of the hidden patches.
         blend_radius: width in pixels of the band, on the visible side, over which the model's output fades into
             the input (default: the VAE's downsampling factor).
         colour_correction: `colour_correct` the fill before blending; `decoded` stays the raw decode.
@@ -287,6 +308,8 @@ def reconstruct(
     grid = (images.shape[-2] // unit, images.shape[-1] // unit)
     hidden = choose_hidden_patches(model, images.shape[0], grid, mask_ratio, bool_masked_pos, generator,
                                    model.device)
+    if hidden_pixels is not None:
+        check_hidden_pixels(model, hidden_pixels, hidden, pixel_values)
     if pixel_values is not None:
         pixel_values = pixel_values.to(device=model.device, dtype=model.lmd.vae.dtype)
         latents = model.encode_leak_free(pixel_values, hidden, interpolate_pos_encoding)
@@ -307,7 +330,7 @@ def reconstruct(
         # A harmonic-fill model corrects the painted tile: keep the paint's own pixels and add only what the
         # correction changes in the decode, so that the VAE's loss on a smooth paint (up to 1.6 dB on close-ups)
         # stays out of the fill. With a zero correction this is the harmonic fill itself.
-        painted = harmonic_fill(pixel_values, pixel_mask)
+        painted = harmonic_fill(pixel_values, pixel_mask if hidden_pixels is None else hidden_pixels.to(mask.dtype))
         decoded = (painted + decoded - model.lmd.decode_latents(latents).clamp(-1, 1)).clamp(-1, 1)
     radius = config.vae_downsampling_factor if blend_radius is None else int(blend_radius)
     return LMDReconstructionOutput(
@@ -323,6 +346,7 @@ def reconstruct(
 __all__ = [
     "LMDReconstructionOutput",
     "blend_into_input",
+    "check_hidden_pixels",
     "choose_hidden_patches",
     "colour_correct",
     "dilate",
