@@ -59,7 +59,7 @@ setup(
         "app": ["gradio>=6", "scikit-image"],
         # gradio and playwright for tests/test_app.py; the browser test uses the system Chromium (Debian's
         # `chromium` package), never a browser downloaded by `playwright install`.
-        "test": ["pytest", "hypothesis", "scikit-image", "scikit-learn", "matplotlib", "opencv-python-headless", "tensorboard",
-                 "gradio>=6", "playwright", "peft"],
+        "test": ["pytest", "hypothesis", "scikit-image", "scikit-learn", "matplotlib", "opencv-python-headless",
+                 "tensorboard", "gradio>=6", "playwright", "peft"],
     },
 )

@@ -120,3 +120,22 @@ def test_train_vae_killed_and_resumed_ends_with_the_uninterrupted_weights(vae_fo
     assert info["steps"] == 6 and all(torch.equal(whole[name], resumed[name]) for name in whole)
     with pytest.raises(SystemExit, match="other arguments"):
         train_vae.main([*common[:-2], "--learning_rate", "1e-2", "--output_dir", str(tmp_path / "killed"), "--resume"])
+
+
+def test_blend_seams_measures_every_fill_on_the_same_masks(tiny_checkpoint, tmp_path):
+    photo = tmp_path / "photo.png"
+    rows, cols = np.mgrid[0:90, 0:120]
+    PIL.Image.fromarray(np.stack([rows * 2, cols * 2, rows + cols], axis=-1).astype(np.uint8)).save(photo)
+    result = load_example("blend_seams").main(
+        ["--model", str(tiny_checkpoint), "--photos", str(photo), "--seeds", "0", "--output_dir", str(tmp_path),
+         "--grid", str(tmp_path / "grid.png")])
+    assert result["cases"] == 2  # a box and brush strokes
+    fills = result["fills"]
+    assert list(fills) == ["LMD, blend_width=0", "LMD, blend_width=2", "LMD, blend_width=4", "LMD, blend_width=8",
+                           "Telea", "Navier-Stokes"]
+    for fill in fills.values():
+        assert set(fill) == {"all", "box", "brush"}
+        assert all(np.isfinite(part["seam_over_photo"]) for part in fill.values())
+    # On a smooth ramp the classical fills continue the border's pixels: they step less than a 64 px model's fill.
+    assert fills["Telea"]["all"]["seam_over_photo"] < fills["LMD, blend_width=0"]["all"]["seam_over_photo"]
+    assert (tmp_path / "blend-seams.md").exists() and PIL.Image.open(tmp_path / "grid.png").width == 7 * 48 * 4
