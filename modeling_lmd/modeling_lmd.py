@@ -160,7 +160,9 @@ class LMDPositionEmbeddings(nn.Module):
         return sincos_position_embedding_2d(self.width, self.grid_size)[None]
 
     def forward(self, grid_size: tuple[int, int]) -> torch.Tensor:
-        """`(1, 1 + gh * gw, width)`: the stored table, or one resampled onto the trained grid."""
+        """`(1, 1 + gh * gw, width)`: the stored table, or one resampled onto the trained grid. The table is float32
+        however the model is loaded (`from_pretrained(dtype=...)` leaves buffers as they were built), so callers
+        cast it to their tokens' dtype: bfloat16 or float16 LayerNorms refuse a float32 sum."""
         if tuple(grid_size) == self.grid_size:
             return self.table
         return sincos_position_embedding_2d(self.width, tuple(grid_size), self.grid_size)[None].to(self.table)
@@ -311,7 +313,7 @@ class LMDEmbeddings(nn.Module):
         ids_restore `(B, L)`. `hidden` `(B, L)` bool hides as many patches in every sample, `num_visible` = K
         staying (see `resolve_hidden_patches`); `None` keeps every patch."""
         tokens = self.patch_embeddings(latents)  # (B, D, gh, gw)
-        positions = self.position_embeddings(tokens.shape[-2:])
+        positions = self.position_embeddings(tokens.shape[-2:]).to(tokens.dtype)
         tokens = tokens.flatten(2).transpose(1, 2) + positions[:, 1:, :]  # (B, L, D)
         batch, num_patches, width = tokens.shape
         if hidden is None:
@@ -415,7 +417,8 @@ class LMDDecoder(nn.Module):
             fill = fill.to(restored.dtype)
             hidden = (ids_restore >= num_visible).unsqueeze(-1).to(restored.dtype)  # (B, L, 1)
             restored = restored + hidden * self.fill_embed(fill)
-        hidden_states = torch.cat([tokens[:, :1, :], restored], dim=1) + self.position_embeddings(grid_size)
+        hidden_states = torch.cat([tokens[:, :1, :], restored], dim=1)
+        hidden_states = hidden_states + self.position_embeddings(grid_size).to(hidden_states.dtype)
         for layer in self.decoder_layers:
             hidden_states = layer(hidden_states)
         hidden_states = self.decoder_norm(hidden_states)[:, 1:, :]  # drop the cls token
