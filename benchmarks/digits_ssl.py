@@ -196,7 +196,7 @@ def evaluate_seed(args, seed: int) -> dict:
         picks = label_subset(train_y, fraction, seed)
         for arm, source in (("LMD pre-trained", pretrained), ("LMD encoder from scratch", scratch)):
             encoder = LMDModel.from_pretrained(source).to(args.device).eval()
-            encode = lambda latents, model=encoder: model.get_image_features(latents=latents)  # noqa: E731
+            encode = lambda latents, model=encoder: model.get_image_features(latents=latents).pooler_output  # noqa: E731
             scores[(arm, f"linear probe, {fraction:.0%} labels")] = linear_probe(
                 features(encode, train_latents[picks], args.device), train_y[picks],
                 features(encode, test_latents, args.device), test_y)

@@ -52,7 +52,8 @@ def embed(model, processor, images, pooling="mean", batch_size=64) -> np.ndarray
     features = []
     for start in range(0, len(images), batch_size):
         pixel_values = processor(list(images[start : start + batch_size]), return_tensors="pt")["pixel_values"]
-        features.append(model.get_image_features(pixel_values=pixel_values.to(model.device), pooling=pooling))
+        features.append(model.get_image_features(pixel_values=pixel_values.to(model.device),
+                                                 pooling=pooling).pooler_output)
     return torch.cat(features).float().cpu().numpy()
 
 

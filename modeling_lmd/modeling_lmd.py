@@ -19,6 +19,7 @@ True where a patch is hidden.
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import wraps
 
 import torch
 import torch.nn.functional as F
@@ -29,9 +30,10 @@ from transformers.activations import ACT2FN
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import Chunk, WeightConverter, WeightRenaming
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling, ImageClassifierOutput
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
@@ -77,7 +79,8 @@ class LMDModelOutput(ModelOutput):
         hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
             The embeddings and the output of every encoder layer, each `(B, 1 + K, D)`.
         attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-            Attention weights of every encoder layer, each `(B, heads, 1 + K, 1 + K)` (eager attention only).
+            Attention weights of every encoder layer, each `(B, heads, 1 + K, 1 + K)`. Only eager attention computes
+            them: with "sdpa" or flash kernels the tuple is empty and transformers warns, as for ViTMAE.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -179,7 +182,7 @@ def eager_attention_forward(
     attention_mask: torch.Tensor | None,
     scaling: float,
     dropout: float = 0.0,
-    **kwargs,
+    **kwargs: Unpack[TransformersKwargs],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain softmax attention: `(B, heads, N, d)` x 3 -> output `(B, N, heads, d)` and weights `(B, heads, N, N)`."""
     weights = torch.matmul(query, key.transpose(2, 3)) * scaling
@@ -205,7 +208,8 @@ class LMDSelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
         self.value = nn.Linear(hidden_size, hidden_size, bias=config.qkv_bias)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, hidden_states: torch.Tensor,
+                **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch, length, width = hidden_states.shape
         heads = (batch, length, self.num_heads, self.head_dim)
         # (B, N, D) -> (B, heads, N, head_dim) each
@@ -214,7 +218,9 @@ class LMDSelfAttention(nn.Module):
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
-        attended, weights = attention_interface(self, query, key, value, None, scaling=self.scaling, dropout=0.0)
+        # The kwargs reach the kernel as in ViTMAE: "sdpa" warns on `output_attentions` and returns no weights.
+        attended, weights = attention_interface(self, query, key, value, None, scaling=self.scaling, dropout=0.0,
+                                                **kwargs)
         return attended.reshape(batch, length, width), weights
 
 
@@ -235,8 +241,9 @@ class LMDAttention(nn.Module):
         self.attention = LMDSelfAttention(config, hidden_size, num_heads)
         self.output = LMDSelfOutput(hidden_size)
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attended, weights = self.attention(hidden_states)
+    def forward(self, hidden_states: torch.Tensor,
+                **kwargs: Unpack[TransformersKwargs]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attended, weights = self.attention(hidden_states, **kwargs)
         return self.output(attended), weights
 
 
@@ -271,8 +278,8 @@ class LMDLayer(GradientCheckpointingLayer):
         self.layernorm_after = nn.LayerNorm(hidden_size, eps=config.layer_norm_eps)
         self.mlp = LMDMLP(hidden_size, intermediate_size, config.hidden_act)
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attention(self.layernorm_before(hidden_states))
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attended, _ = self.attention(self.layernorm_before(hidden_states), **kwargs)
         hidden_states = hidden_states + attended
         return hidden_states + self.mlp(self.layernorm_after(hidden_states))
 
@@ -493,9 +500,16 @@ class LMDPreTrainedModel(PreTrainedModel):
     _supports_attention_backend = True
     _no_split_modules = ["LMDLayer"]
     _can_record_outputs = {"hidden_states": LMDLayer, "attentions": LMDSelfAttention}
+    # `get_input_embeddings()` is `embeddings.patch_embeddings`, as ViTMAE's: what PEFT's and gradient checkpointing's
+    # `enable_input_require_grads` hooks, so that gradients reach adapters behind frozen layers.
+    _input_embed_layer = "patch_embeddings"
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        # A design choice, not an oversight: every Linear and the patch Conv2d get Xavier-uniform weights and zero
+        # biases, as the original MAE initialises its Linears (after the JAX ViT), since this is MAE's pre-training
+        # recipe on latents, rather than transformers' normal(0, initializer_range) (which ViTMAE keeps for all but
+        # its patch projection). `initializer_range` keeps MAE's one use of it: the std of the cls and mask tokens.
         if getattr(module, "_lmd_vae_module", False):
             # A VAE built from a config keeps PyTorch's default init; pretrained VAEs are loaded over it.
             if hasattr(module, "reset_parameters"):
@@ -555,6 +569,11 @@ class LMDPreTrainedModel(PreTrainedModel):
     def save_pretrained(self, save_directory, *args, save_original_format: bool = False, **kwargs):
         """`PreTrainedModel.save_pretrained` in this code's format: the conversion mapping above only reads older
         checkpoints (transformers would otherwise write the fused `qkv` back)."""
+        # A design choice: transformers defaults to `save_original_format=True`, which runs the conversion mapping
+        # backwards and writes the format of the oldest checkpoints (one fused `qkv`, a `proj`). That format exists
+        # only for those checkpoints; this code, PEFT adapters (which name `query` / `value`) and anyone reading the
+        # safetensors expect the names of the modules, so checkpoints are written with them. `True` is still
+        # accepted, for a checkpoint an older copy of this code must read.
         return super().save_pretrained(save_directory, *args, save_original_format=save_original_format, **kwargs)
 
     @classmethod
@@ -583,6 +602,19 @@ class LMDPreTrainedModel(PreTrainedModel):
             vae.load_state_dict(load_referenced_vae(model.config, **download).state_dict())
         model.base_model.vae_is_pretrained = True
         return (model, loading_info) if kwargs.get("output_loading_info") else model
+
+
+def none_return_dict_follows_config(forward):
+    """`return_dict=None` means `config.return_dict`, as `can_return_tuple` (the other classes') reads it; transformers
+    5.25's `capture_outputs` alone takes a passed `None` for True, so it is dropped before it gets there."""
+
+    @wraps(forward)
+    def wrapper(self, *args, **kwargs):
+        if "return_dict" in kwargs and kwargs["return_dict"] is None:
+            del kwargs["return_dict"]
+        return forward(self, *args, **kwargs)
+
+    return wrapper
 
 
 class LMDModel(LMDPreTrainedModel):
@@ -650,6 +682,7 @@ class LMDModel(LMDPreTrainedModel):
                 "loaded. Build models with `from_vae(...)` or `from_pretrained(...)`; latents of a random VAE mean "
                 "nothing.")
 
+    @none_return_dict_follows_config
     @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
@@ -659,7 +692,7 @@ class LMDModel(LMDPreTrainedModel):
         noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         num_visible: int | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LMDModelOutput:
         r"""
         Args:
@@ -671,17 +704,13 @@ class LMDModel(LMDPreTrainedModel):
                 ones staying visible (ViTMAE's masking). Without either, every patch is encoded.
             num_visible (`int`, *optional*): how many patches stay visible, when the caller knows it (the Trainer and
                 `reconstruct`; see `resolve_hidden_patches`).
-            output_attentions (`bool`, *optional*): return every layer's attention weights (eager attention).
-            output_hidden_states (`bool`, *optional*): return the embeddings and every layer's output.
             interpolate_pos_encoding (`bool`, defaults to `False`): run at a resolution other than
                 `config.image_size`, with the position embeddings resampled onto the trained grid.
+            kwargs ([`~utils.TransformersKwargs`]): transformers' forward arguments, passed on to every layer, e.g.
+                `output_hidden_states` (the embeddings and every layer's output), `output_attentions` (every
+                layer's attention weights; eager attention computes them, "sdpa" warns and gives none, as in
+                ViTMAE); and `return_dict`, which the decorators read (`None`: `config.return_dict`).
         """
-        if kwargs.get("output_attentions", self.config.output_attentions) and \
-                self.config._attn_implementation != "eager":
-            raise ValueError(
-                "output_attentions=True needs eager attention; load the model with attn_implementation='eager' "
-                f"(it uses {self.config._attn_implementation!r})."
-            )
         if "mask_ratio" in kwargs or "patch_mask" in kwargs:
             raise TypeError("The masking input is `bool_masked_pos` (True = hidden), or `noise` with "
                             "`config.mask_ratio` (or `num_visible`); for a ratio per call, use "
@@ -697,26 +726,44 @@ class LMDModel(LMDPreTrainedModel):
             self.config.mask_ratio if noise is not None else None)
         hidden_states, ids_restore = self.embeddings(latents, hidden, num_visible)
         for layer in self.layers:
-            hidden_states = layer(hidden_states)
+            hidden_states = layer(hidden_states, **kwargs)
         mask = torch.zeros_like(ids_restore, dtype=latents.dtype) if hidden is None else hidden.to(latents.dtype)
         return LMDModelOutput(last_hidden_state=self.layernorm(hidden_states), mask=mask, ids_restore=ids_restore,
                               latents=latents)
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor | None = None,
         latents: torch.Tensor | None = None,
         pooling: str = "mean",
         interpolate_pos_encoding: bool = False,
-    ) -> torch.Tensor:
-        """Image embeddings `(B, D)` from the unmasked encoder, for retrieval or a linear probe.
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        """Image embeddings from the unmasked encoder, for retrieval or a linear probe, in transformers 5's form
+        (CLIP's, SigLIP's): `pooler_output` `(B, D)` holds the features, `last_hidden_state` `(B, 1 + L, D)` the
+        encoder output they pool; a tuple in that order with `return_dict=False` (or `config.return_dict=False`).
 
         Args:
             pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one.
             pooling: `"mean"` over the patch tokens (default) or `"cls"` (the cls token).
+            kwargs: as in `forward` (`output_hidden_states`, `output_attentions`, `return_dict`).
+
+        Example:
+
+        ```python
+        >>> features = model.get_image_features(pixel_values=images).pooler_output  # (B, D)
+        ```
         """
-        encoded = self(pixel_values=pixel_values, latents=latents, interpolate_pos_encoding=interpolate_pos_encoding)
-        return pool_tokens(encoded.last_hidden_state, pooling)
+        check_choice("pooling", pooling, CLASSIFIER_POOLINGS)
+        encoded = self(pixel_values=pixel_values, latents=latents, interpolate_pos_encoding=interpolate_pos_encoding,
+                       return_dict=True, **kwargs)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=encoded.last_hidden_state,
+            pooler_output=pool_tokens(encoded.last_hidden_state, pooling),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
 
 
 def pool_tokens(encoded: torch.Tensor, pooling: str = "mean") -> torch.Tensor:
@@ -840,14 +887,14 @@ class LMDForPreTraining(LMDPreTrainedModel):
         noise: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
         num_visible: int | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LMDForPreTrainingOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one.
             bool_masked_pos, noise, num_visible: which patches to hide, as in [`LMDModel`]; without either mask
                 input, a random `config.mask_ratio` of them (the Trainer passes the scheduled mask every step).
-            output_attentions, output_hidden_states, interpolate_pos_encoding: as in [`LMDModel`].
+            interpolate_pos_encoding, kwargs (`output_attentions`, `output_hidden_states`, ...): as in [`LMDModel`].
         """
         check_inputs(self.config, pixel_values, latents, interpolate_pos_encoding)
         reference = pixel_values if latents is None else latents
@@ -985,13 +1032,17 @@ class LMDForImageClassification(LMDPreTrainedModel):
         latents: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         interpolate_pos_encoding: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> ImageClassifierOutput:
         r"""
         Args:
             pixel_values (`(B, 3, H, W)` in [-1, 1]) or latents (`(B, C, h, w)`): exactly one.
-            labels (`(B,)` class indices): cross-entropy loss (mean squared error when `num_labels == 1`).
-            output_attentions, output_hidden_states, interpolate_pos_encoding: as in [`LMDModel`].
+            labels (`(B,)` or `(B, num_labels)`): the loss follows `config.problem_type`, as in ViT: mean squared
+                error for `"regression"`, cross-entropy over class indices `(B,)` for
+                `"single_label_classification"`, binary cross-entropy over `(B, num_labels)` 0/1 targets for
+                `"multi_label_classification"`. Unset, it is chosen on the first batch (regression when
+                `num_labels == 1`, single-label for integer labels, multi-label otherwise) and recorded in the config.
+            interpolate_pos_encoding, kwargs (`output_attentions`, `output_hidden_states`, ...): as in [`LMDModel`].
         """
         encoded = self.lmd(pixel_values=pixel_values, latents=latents,
                            interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs)
@@ -1000,10 +1051,14 @@ class LMDForImageClassification(LMDPreTrainedModel):
         loss = None
         if labels is not None:
             labels = labels.to(logits.device)
-            if self.num_labels == 1:
-                loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
-            else:
-                loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1))
+            problem_type = self.config.problem_type
+            if labels.is_floating_point() or problem_type == "regression" or (
+                    problem_type is None and self.num_labels == 1):
+                # Regression and multi-label targets in the logits' dtype: integer regression targets, or float32
+                # targets of a half-precision model, are otherwise refused by the MSE and BCE losses.
+                labels = labels.to(logits.dtype)
+            # transformers' `ForSequenceClassificationLoss` (ViT's, by the class name's "ForImageClassification").
+            loss = self.loss_function(labels, logits, self.config, **kwargs)
         return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
                                      attentions=encoded.attentions)
 

@@ -34,11 +34,11 @@ def test_loads_encoder_and_vae_and_only_the_head_is_new(tiny_model, tiny_checkpo
 
 def test_features_match_the_lmd_model(tiny_model, classifier):
     images = random_images(2)
-    features = tiny_model.lmd.get_image_features(pixel_values=images)
+    features = tiny_model.lmd.get_image_features(pixel_values=images).pooler_output
     assert features.shape == (2, tiny_model.config.hidden_size)
     encoded = classifier.lmd(pixel_values=images).last_hidden_state
     assert torch.allclose(encoded[:, 1:].mean(1), features, atol=1e-6)
-    assert tiny_model.lmd.get_image_features(pixel_values=images, pooling="cls").shape == (2, 32)
+    assert tiny_model.lmd.get_image_features(pixel_values=images, pooling="cls").pooler_output.shape == (2, 32)
     with pytest.raises(ValueError, match="pooling"):
         tiny_model.lmd.get_image_features(pixel_values=images, pooling="max")
 

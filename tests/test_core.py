@@ -311,7 +311,7 @@ def test_base_model_encodes_every_patch_unless_asked_to_mask(tiny_model):
     masked = base(pixel_values=images, num_visible=4)
     assert masked.last_hidden_state.shape == (2, 5, 32) and masked.mask.sum() == 24
     assert base(pixel_values=images, noise=torch.rand(2, 16)).mask.sum() == 24  # noise alone: config.mask_ratio
-    features = base.get_image_features(pixel_values=images)
+    features = base.get_image_features(pixel_values=images).pooler_output
     assert torch.allclose(features, out.last_hidden_state[:, 1:].mean(1), atol=1e-6)
 
 
@@ -325,8 +325,8 @@ def test_eager_and_sdpa_attention_agree_and_eager_returns_the_weights(tiny_check
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 4, 5, 5)  # 2 layers, 4 heads, cls + 4 visible
     torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, 5))
     assert len(out.hidden_states) == 3 and out.hidden_states[0].shape == (2, 5, 32)
-    with pytest.raises(ValueError, match="attn_implementation='eager'"):
-        sdpa(pixel_values=images, output_attentions=True)
+    # As ViTMAE: SDPA computes no weights, so it returns none (transformers logs why) instead of refusing.
+    assert sdpa(pixel_values=images, output_attentions=True).attentions == ()
 
 
 def test_a_32px_model_runs_at_64px_with_interpolated_position_embeddings(tiny_checkpoint):
