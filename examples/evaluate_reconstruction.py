@@ -71,6 +71,8 @@ def parse_args(argv=None):
     parser.add_argument("--output_dir", default="runs/evaluate_reconstruction")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                         help="where the model runs: cpu, cuda, cuda:1, mps, ... (default: cuda when present)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="what the model is loaded in (from_pretrained's dtype); the metrics are float32")
     return parser.parse_args(argv)
 
 
@@ -114,7 +116,7 @@ def markdown(results: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
-    model = LMDForPreTraining.from_pretrained(args.model).to(args.device).eval()
+    model = LMDForPreTraining.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).to(args.device).eval()
     processor = LMDImageProcessor.from_model_config(model.config)
     results = []
     started = time.time()
@@ -148,8 +150,8 @@ def main(argv=None) -> list[dict]:
                   f"VAE {results[-1]['mean']['vae_psnr']:.2f} dB")
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"model": args.model, "seconds": round(time.time() - started, 1), "results": results}, handle,
-                  indent=1)
+        json.dump({"model": args.model, "dtype": args.dtype, "seconds": round(time.time() - started, 1),
+                   "results": results}, handle, indent=1)
     with open(os.path.join(args.output_dir, "results.md"), "w", encoding="utf-8") as handle:
         handle.write(markdown(results))
     print(markdown(results))

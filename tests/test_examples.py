@@ -1,5 +1,7 @@
 """Every example runs offline on a tiny checkpoint, called in-process through its `main(argv)`."""
 
+import os
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -139,3 +141,18 @@ def test_blend_seams_measures_every_fill_on_the_same_masks(tiny_checkpoint, tmp_
     # On a smooth ramp the classical fills continue the border's pixels: they step less than a 64 px model's fill.
     assert fills["Telea"]["all"]["seam_over_photo"] < fills["LMD, blend_width=0"]["all"]["seam_over_photo"]
     assert (tmp_path / "blend-seams.md").exists() and PIL.Image.open(tmp_path / "grid.png").width == 7 * 48 * 4
+
+
+def test_evaluate_reconstruction_loads_the_model_in_the_dtype_asked(tiny_checkpoint, image_paths, tmp_path):
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    for path in image_paths:
+        PIL.Image.open(path).save(folder / os.path.basename(path))
+    scores = {}
+    for dtype in ("float32", "bfloat16"):
+        results = load_example("evaluate_reconstruction").main(
+            ["--model", str(tiny_checkpoint), "--data_dir", str(folder), "--mask_ratios", "0.5", "--seeds", "0",
+             "--dtype", dtype, "--output_dir", str(tmp_path / dtype)])
+        scores[dtype] = results[0]["mean"]["masked_psnr"]
+        assert '"dtype": "%s"' % dtype in (tmp_path / dtype / "results.json").read_text()
+    assert abs(scores["bfloat16"] - scores["float32"]) < 0.5, scores  # the same fill, in 8 bits of mantissa

@@ -314,3 +314,9 @@ def test_a_lora_target_that_names_no_module_is_refused_before_any_step(example, 
         example.main(finetune_args(tiny_checkpoint, image_folder, tmp_path / "run", "--lora_r", "4",
                                    "--lora_target_modules", "query,valu"))
     assert run_files(str(tmp_path / "run")) == []
+
+
+def test_bf16_fine_tuning_runs_on_the_cpu(example, tiny_checkpoint, image_folder, tmp_path):
+    metrics = example.main(finetune_args(tiny_checkpoint, image_folder, tmp_path / "run", "--bf16", "--do_eval",
+                                         "--max_steps", "2"))
+    assert np.isfinite(metrics["train_loss"]) and 0 <= metrics["eval_accuracy"] <= 1

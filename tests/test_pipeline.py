@@ -467,3 +467,21 @@ def test_a_bad_image_in_a_list_is_named_by_its_index(pipe):
         pipe.image_processor([good, good, np.zeros((2, 3, 4, 5))])
     with pytest.raises(ValueError, match=r"^Float images must be in \[0, 1\]"):  # one image: nothing to number
         pipe(bad)
+
+
+def test_the_shipped_pipeline_inpaints_in_half_precision_as_in_float32():
+    """`pipeline(..., dtype=torch.bfloat16)`, the first thing a GPU user does, failed on its first forward ('mixed
+    dtype'): the position table stayed float32. The quickstart's box, in the checkpoint's own code."""
+    from modeling_lmd.pretrained import DEMO_LMD, EXAMPLE_PHOTO
+
+    photo = PIL.Image.open(EXAMPLE_PHOTO).convert("RGB")
+    box = np.zeros((photo.height, photo.width), dtype=bool)
+    box[110:190, 240:330] = True
+    scores = {}
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        pipe = pipeline("lmd-reconstruction", model=DEMO_LMD, trust_remote_code=True, dtype=dtype, device="cpu")
+        assert pipe.model.dtype == dtype
+        out = np.asarray(pipe(photo, mask=box)["reconstruction"]).astype(float)
+        assert np.array_equal(out[~box], np.asarray(photo)[~box])
+        scores[dtype] = 10 * np.log10(255**2 / ((out - np.asarray(photo))[box] ** 2).mean())
+    assert all(abs(score - scores[torch.float32]) < 0.2 for score in scores.values()), scores

@@ -234,3 +234,15 @@ def test_an_unreadable_image_is_named_and_skipped(tmp_path, caplog):
         item = items[broken]  # the next readable image instead, with a warning naming the file
     assert torch.equal(item["pixel_values"], items[(broken + 1) % len(items)]["pixel_values"])
     assert "broken.png" in caplog.text
+
+
+def test_bf16_training_runs_on_the_cpu_and_saves_a_model_that_loads_in_bf16(train_lmd, image_folder, vae_folder,
+                                                                           tmp_path):
+    """`--bf16` (with `--use_cpu` where there is no GPU: the Trainer's bfloat16 autocast) runs the main job's
+    setting, cached latents included, and what it saves runs in bfloat16."""
+    metrics = train_lmd.main(base_args(image_folder, vae_folder, tmp_path / "run", "--bf16", "--use_cpu",
+                                       "--cache_latents", "--mask_schedule", "cosine", "--visible_loss_weight", "1"))
+    assert np.isfinite(metrics["train_loss"]) and np.isfinite(metrics["eval_masked_psnr"])
+    model = LMDForPreTraining.from_pretrained(tmp_path / "run", dtype=torch.bfloat16)
+    out = model(pixel_values=torch.rand(2, 3, 32, 32, dtype=torch.bfloat16) * 2 - 1, noise=torch.rand(2, 16))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
