@@ -222,8 +222,8 @@ class LMDReconstructionPipeline(Pipeline):
             box = processor.center_square_box(image.height, image.width)
             grid = (side // self.model.config.patch_pixels,) * 2
             patch_mask = choose_hidden_patches(self.model, 1, grid, mask_ratio, None, [stream], "cpu")
-            hidden = self.photo_region(patch_mask, box, (image.height, image.width))
             model_mask = self.model.pixels_of_patches(patch_mask, (side, side))[0, 0].numpy()
+            hidden = self.photo_region(model_mask, box, (image.height, image.width))
         else:
             box, hidden = processor.mask_crop_box(user_mask, padding_mask_crop), user_mask
             left, top, right, bottom = box
@@ -246,15 +246,14 @@ class LMDReconstructionPipeline(Pipeline):
             "photo_mask": PIL.Image.fromarray(hidden),  # mode "1": as small as the array
         }
 
-    def photo_region(self, patch_mask: torch.Tensor, box: tuple[int, int, int, int],
+    @staticmethod
+    def photo_region(model_mask: np.ndarray, box: tuple[int, int, int, int],
                      photo_size: tuple[int, int]) -> np.ndarray:
-        """Hidden latent patches `(1, L)` of the model's view of `box` -> boolean `(H, W)` over the photo: each
-        photo pixel takes the model pixel its centre falls in (nearest)."""
+        """The hidden pixels of the model's view of `box` (boolean `(S, S)`) -> boolean `(H, W)` over the photo:
+        each photo pixel takes the model pixel its centre falls in (nearest)."""
         left, top, right, bottom = box
-        side = self.model.config.image_size
-        square = self.model.pixels_of_patches(patch_mask, (side, side))[0, 0].numpy()
         region = np.zeros(photo_size, dtype=bool)
-        region[top:bottom, left:right] = np.asarray(PIL.Image.fromarray(square).resize(
+        region[top:bottom, left:right] = np.asarray(PIL.Image.fromarray(model_mask).resize(
             (right - left, bottom - top), PIL.Image.Resampling.NEAREST))
         return region
 

@@ -330,7 +330,8 @@ def reconstruct(
         # A harmonic-fill model corrects the painted tile: keep the paint's own pixels and add only what the
         # correction changes in the decode, so that the VAE's loss on a smooth paint (up to 1.6 dB on close-ups)
         # stays out of the fill. With a zero correction this is the harmonic fill itself.
-        painted = harmonic_fill(pixel_values, pixel_mask if hidden_pixels is None else hidden_pixels.to(mask.dtype))
+        fill_mask = pixel_mask if hidden_pixels is None else hidden_pixels.to(device=mask.device, dtype=mask.dtype)
+        painted = harmonic_fill(pixel_values, fill_mask)
         decoded = (painted + decoded - model.lmd.decode_latents(latents).clamp(-1, 1)).clamp(-1, 1)
     radius = config.vae_downsampling_factor if blend_radius is None else int(blend_radius)
     return LMDReconstructionOutput(
